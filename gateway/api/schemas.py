@@ -1,0 +1,38 @@
+"""The v1 JSON request body: agno's ``arun`` arguments under their own names."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MediaList = Optional[List[Dict[str, Any]]]
+
+
+class RunRequest(BaseModel):
+    """``POST /v1/{agents|teams|workflows}/{id}/run``. Fields not listed here are passed to
+    ``arun(**kwargs)`` as AgentOS passes extra form fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input: Union[str, Dict[str, Any], List[Any]] = Field(description="the message: text, object or list")
+    stream: bool = Field(False, description="answer as text/event-stream with AgentOS's frames")
+    stream_events: Optional[bool] = Field(
+        None, description="every event, not only content; default true, as AgentOS's run routes"
+    )
+    session_id: Optional[str] = Field(None, max_length=256)
+    user_id: Optional[str] = Field(None, max_length=256)
+    run_id: Optional[str] = Field(None, max_length=256)
+    session_state: Optional[Dict[str, Any]] = None
+    dependencies: Optional[Dict[str, Any]] = None
+    metadata: Optional[Dict[str, Any]] = None
+    knowledge_filters: Optional[Union[Dict[str, Any], List[Any]]] = None
+    add_history_to_context: Optional[bool] = None
+    add_dependencies_to_context: Optional[bool] = None
+    add_session_state_to_context: Optional[bool] = None
+    retries: Optional[int] = Field(None, ge=0)
+    debug_mode: Optional[bool] = None
+    images: MediaList = None
+    audio: MediaList = None
+    videos: MediaList = None
+    files: MediaList = None

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+os.environ.setdefault("AGNO_TELEMETRY", "false")
+
+from tests.processes import Server, start_server  # noqa: E402
+
+# Every server in the tests answers as this instance, so local and remote answers compare equal.
+INSTANCE = "test-instance"
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def upstream(log_dir: Path) -> Iterator[Server]:
+    """A real AgentOS (``agentos-gateway upstream``) serving the demo components."""
+    server = start_server("upstream", ["upstream", "--name", INSTANCE], log_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway-db") / "sessions.db"
+
+
+@pytest.fixture(scope="session")
+def gateway(log_dir: Path, gateway_db: Path) -> Iterator[Server]:
+    """A real gateway (``agentos-gateway serve``, embedded default: the demo components, in-process),
+    storing sessions in SQLite so tests can read what happened to a run."""
+    env = {"GATEWAY_INSTANCE_NAME": INSTANCE, "GATEWAY_DEMO_DB": f"sqlite:///{gateway_db}"}
+    server = start_server("gateway", ["serve"], log_dir, env=env)
+    yield server
+    server.stop()

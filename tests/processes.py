@@ -1,0 +1,91 @@
+"""Real gateway and AgentOS processes on loopback, for the tests.
+
+Each server gets a listening socket bound here and inherited (``--fd``): the port is known before
+the process starts and cannot be taken by anyone else. A connection made before the app is up
+waits in the socket's backlog, so the first request is itself the readiness signal: no polling.
+If the process dies, its socket closes and that request fails at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import httpx
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def start_server(
+    name: str, args: List[str], log_dir: Path, env: Optional[Dict[str, str]] = None
+) -> Server:
+    """``agentos-gateway <args> --fd N``, answering ``GET /health`` before this returns."""
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    log_path = log_dir / f"{name}.log"
+    full_env = {**os.environ, "AGNO_TELEMETRY": "false", **(env or {})}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", *args, "--fd", str(sock.fileno())],
+            pass_fds=[sock.fileno()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+    sock.close()  # the child holds the only copy now
+    server = Server(name=name, url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
+    try:
+        httpx.get(f"{server.url}/health", timeout=STARTUP_TIMEOUT_S).raise_for_status()
+    except Exception as error:
+        server.stop()
+        raise RuntimeError(f"{name} did not start: {error}\n--- log ---\n{server.log()}") from error
+    return server
+
+
+def open_sockets(pid: int) -> int:
+    """How many sockets the process holds open (its listening socket included)."""
+    count = 0
+    for entry in os.scandir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(entry.path).startswith("socket:"):
+                count += 1
+        except OSError:
+            continue  # closed while we looked
+    return count
