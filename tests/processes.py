@@ -79,13 +79,21 @@ def start_server(
     return server
 
 
-def open_sockets(pid: int) -> int:
-    """How many sockets the process holds open (its listening socket included)."""
+# /proc/net/tcp states of a connection a server still holds: ESTABLISHED, CLOSE_WAIT.
+_HELD_STATES = {"01", "08"}
+
+
+def held_connections(port: int) -> int:
+    """How many TCP connections to ``port`` on this machine the server side still holds open."""
     count = 0
-    for entry in os.scandir(f"/proc/{pid}/fd"):
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            if os.readlink(entry.path).startswith("socket:"):
-                count += 1
+            lines = Path(table).read_text().splitlines()[1:]
         except OSError:
-            continue  # closed while we looked
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] in _HELD_STATES:
+                count += 1
     return count
