@@ -228,6 +228,8 @@ class AgentOSRunner:
 
         The runner keeps one private event loop for its sync calls; ``close()`` ends it.
         """
+        if _loop_is_running():
+            raise RuntimeError("AgentOSRunner.run() cannot be called from a running event loop: await arun()")
         if stream:
             return self._iterate_sync(self.arun(input, stream=True, **kwargs))
         return self._sync().run(self._await(self.arun(input, stream=False, **kwargs)))
@@ -255,6 +257,7 @@ class AgentOSRunner:
         return self._sync_runner
 
     def close(self) -> None:
+        """Close the client and the private loop of the sync face."""
         if self._sync_runner is not None:
             self._sync_runner.run(self.aclose())
             self._sync_runner.close()
@@ -265,3 +268,11 @@ class AgentOSRunner:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _loop_is_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -1,0 +1,155 @@
+"""Configuration: YAML plus GATEWAY_* env, the embedded default, and one clear line per bad field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.local import LocalRegistry
+from gateway.settings import DEMO_LOCAL, ConfigError, LocalEntities, load_settings
+from gateway.wire.kinds import EntityKind
+from tests.processes import start_server
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_gateway_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GATEWAY_CONFIG", "GATEWAY_PORT", "GATEWAY_LOCAL__AGENTS", "GATEWAY_MAX_BODY_BYTES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_no_file_serves_the_demo() -> None:
+    settings = load_settings(None)
+    assert settings.local == DEMO_LOCAL
+    assert settings.port == 7777
+    assert settings.max_body_bytes == 10 * 1024 * 1024
+
+
+def test_file_values_and_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "port: 8080\nmax_body_bytes: 2048\nlocal:\n  agents: ['tests.fixtures.only_agent:agent']\n")
+    settings = load_settings(path)
+    assert (settings.port, settings.max_body_bytes) == (8080, 2048)
+    assert settings.local.agents == ["tests.fixtures.only_agent:agent"]
+    assert settings.local.teams == []  # a file serves only what it names
+    monkeypatch.setenv("GATEWAY_PORT", "9090")
+    monkeypatch.setenv("GATEWAY_LOCAL__AGENTS", '["gateway.demo.components:echo_agent"]')
+    settings = load_settings(path)
+    assert settings.port == 9090
+    assert settings.local.agents == ["gateway.demo.components:echo_agent"]
+
+
+def test_config_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_CONFIG", str(write(tmp_path, "port: 8181\n")))
+    assert load_settings().port == 8181
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("port: seventy\n", "port"),
+        ("port: 70000\n", "port"),
+        ("max_body_bytes: 0\n", "max_body_bytes"),
+        ("prot: 1\n", "prot"),
+        ("local:\n  agent: []\n", "local.agent"),
+        ("local:\n  agents: 'not-a-list'\n", "local.agents"),
+    ],
+)
+def test_bad_field_is_named(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, text))
+    lines = str(raised.value).splitlines()
+    assert len(lines) == 1
+    assert f": {named}: " in lines[0]
+
+
+def test_every_bad_field_gets_its_own_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(write(tmp_path, "port: x\nmax_body_bytes: -1\n"))
+    assert len(str(raised.value).splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("port: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
+def test_unreadable_config(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    "agents, message",
+    [
+        (["no_colon_here"], "not a module:attribute"),
+        (["tests.fixtures.absent_module:agent"], "cannot import module"),
+        (["tests.fixtures.only_agent:missing"], "has no attribute"),
+        (["tests.fixtures.only_agent:not_a_component"], "not an agno Agent"),
+        (["tests.fixtures.only_agent:team"], "not an agno Agent"),
+        (["tests.fixtures.only_agent:agent", "gateway.demo.components:echo_agent"], "already served"),
+    ],
+)
+def test_bad_local_entity_is_named(agents: list, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        LocalRegistry.from_config(LocalEntities(agents=agents))
+    assert "local.agents[" in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_registry_lists_in_agentos_shape() -> None:
+    registry = LocalRegistry.from_config(DEMO_LOCAL)
+    assert registry.ids(EntityKind.TEAM) == ["echo-team"]
+    (team,) = registry.summaries(EntityKind.TEAM)
+    assert team["id"] == "echo-team" and team["mode"] == "coordinate"
+    assert team["model"] == {"id": "deterministic-v1", "provider": "Deterministic"}
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_serve_with_a_bad_config_fails_at_start_with_the_field(tmp_path: Path) -> None:
+    result = _run_cli("serve", "--config", str(write(tmp_path, "port: seventy\n")))
+    assert result.returncode == 2
+    assert "port" in result.stderr and "configuration error" in result.stderr
+
+
+def test_serve_with_a_bad_local_entity_fails_at_start(tmp_path: Path) -> None:
+    result = _run_cli("serve", "--config", str(write(tmp_path, "local:\n  teams: ['nowhere:team']\n")))
+    assert result.returncode == 2
+    assert "local.teams[0]" in result.stderr
+
+
+async def test_a_configured_gateway_serves_what_the_file_says(tmp_path: Path, log_dir: Path) -> None:
+    config = write(tmp_path, "max_body_bytes: 2048\nlocal:\n  agents: ['tests.fixtures.only_agent:agent']\n")
+    server = start_server("configured-gateway", ["serve", "--config", str(config)], log_dir)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            answer = await client.post("/v1/agents/echo-agent/run", json={"input": "2 * 3"})
+            assert answer.json()["content"] == "2 * 3 = 6 [instance=only-agent history=0]"
+            assert (await client.post("/v1/teams/echo-team/run", json={"input": "x"})).status_code == 404
+            too_big = await client.post("/v1/agents/echo-agent/run", json={"input": "x" * 3000})
+            assert too_big.status_code == 413
+            config_listing = (await client.get("/config")).json()
+            assert [agent["id"] for agent in config_listing["agents"]] == ["echo-agent"]
+            assert config_listing["teams"] == [] and config_listing["workflows"] == []
+    finally:
+        server.stop()
