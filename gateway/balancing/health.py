@@ -1,0 +1,140 @@
+"""The health of one upstream: everything that decides whether it may take new work lives here.
+
+Rules (Envoy's, named the same way):
+
+* Active health: an upstream starts PENDING and takes no traffic until its first probe. The first
+  answer decides at once (up or down); after that ``unhealthy_threshold`` consecutive failed
+  probes mark a HEALTHY upstream UNHEALTHY and ``healthy_threshold`` consecutive good ones mark an
+  UNHEALTHY upstream HEALTHY. Transitions are the table ``_ACTIVE_TRANSITIONS``.
+* Passive health (outlier ejection): ``consecutive_failures`` connect errors, timeouts or 5xx
+  answers from real traffic eject the upstream for ``base_ejection_s * 2**(n-1)`` (n = how many
+  times it was ejected, capped at ``max_ejection_s``), unless that would eject more than
+  ``max_ejection_percent`` of the pool (checked over the pool: ``Pool.record``). A run that
+  failed in-band is the model's failure, not the upstream's: it is never reported here. Once an
+  upstream has been back for ``max_ejection_s``, its backoff starts over.
+* Drain (admin): a draining upstream takes no new work; what it is doing finishes.
+
+No clocks, sockets or tasks: time is passed in (seconds, any monotonic origin).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+
+class ActiveState(enum.Enum):
+    PENDING = "pending"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class Probe(enum.Enum):
+    OK = "ok"
+    FAILED = "failed"
+
+
+class Outcome(enum.Enum):
+    """How one forwarded request ended, as far as the upstream's health is concerned."""
+
+    SUCCESS = "success"  # any answer that is not a 5xx, in-band run errors included
+    CONNECT_ERROR = "connect_error"
+    TIMEOUT = "timeout"
+    SERVER_ERROR = "server_error"  # a 5xx answer
+
+    @property
+    def is_failure(self) -> bool:
+        return self is not Outcome.SUCCESS
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class OutlierPolicy:
+    consecutive_failures: int = 5
+    base_ejection_s: float = 30.0
+    max_ejection_s: float = 300.0
+    max_ejection_percent: float = 50.0
+
+
+# (state, probe) -> (state when the streak reaches its threshold, which streak counts)
+_ACTIVE_TRANSITIONS: Dict[Tuple[ActiveState, Probe], Tuple[ActiveState, Optional[str]]] = {
+    (ActiveState.PENDING, Probe.OK): (ActiveState.HEALTHY, None),  # the first answer decides
+    (ActiveState.PENDING, Probe.FAILED): (ActiveState.UNHEALTHY, None),
+    (ActiveState.HEALTHY, Probe.OK): (ActiveState.HEALTHY, None),
+    (ActiveState.HEALTHY, Probe.FAILED): (ActiveState.UNHEALTHY, "unhealthy_threshold"),
+    (ActiveState.UNHEALTHY, Probe.OK): (ActiveState.HEALTHY, "healthy_threshold"),
+    (ActiveState.UNHEALTHY, Probe.FAILED): (ActiveState.UNHEALTHY, None),
+}
+
+
+@dataclass
+class UpstreamHealth:
+    """Active state, passive ejection and drain of one upstream."""
+
+    health_policy: HealthPolicy = field(default_factory=HealthPolicy)
+    outlier_policy: OutlierPolicy = field(default_factory=OutlierPolicy)
+    active: ActiveState = ActiveState.PENDING
+    streak: int = 0  # consecutive probes pushing towards the other state
+    consecutive_failures: int = 0  # from real traffic
+    ejections: int = 0  # the backoff exponent
+    ejected_until: float = 0.0
+    draining: bool = False
+
+    # -- active ----------------------------------------------------------------------------------
+
+    def on_probe(self, probe: Probe) -> ActiveState:
+        target, threshold_name = _ACTIVE_TRANSITIONS[(self.active, probe)]
+        if target is self.active:
+            self.streak = 0
+        elif threshold_name is None:
+            self.active, self.streak = target, 0
+        else:
+            self.streak += 1
+            if self.streak >= getattr(self.health_policy, threshold_name):
+                self.active, self.streak = target, 0
+        return self.active
+
+    # -- passive ---------------------------------------------------------------------------------
+
+    def is_ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+    def record(self, outcome: Outcome, now: float) -> bool:
+        """Count one request's outcome; True when this upstream now wants ejecting (the pool
+        decides, because of ``max_ejection_percent``)."""
+        if not outcome.is_failure:
+            self.consecutive_failures = 0
+            return False
+        self.consecutive_failures += 1
+        return self.consecutive_failures >= self.outlier_policy.consecutive_failures and not self.is_ejected(now)
+
+    def eject(self, now: float) -> float:
+        """Eject until a backed-off deadline, which is returned."""
+        policy = self.outlier_policy
+        if self.ejections and now - self.ejected_until >= policy.max_ejection_s:
+            self.ejections = 0  # quiet for a whole max ejection: start the backoff over
+        self.ejections += 1
+        duration = min(policy.base_ejection_s * 2 ** (self.ejections - 1), policy.max_ejection_s)
+        self.ejected_until = now + duration
+        self.consecutive_failures = 0
+        return self.ejected_until
+
+    # -- together --------------------------------------------------------------------------------
+
+    def is_usable(self, now: float) -> bool:
+        """May take new work: healthy by probe, not ejected, not draining."""
+        return self.active is ActiveState.HEALTHY and not self.is_ejected(now) and not self.draining
+
+
+def may_eject(pool_size: int, ejected_now: int, max_ejection_percent: float) -> bool:
+    """Whether one more upstream of the pool may be ejected. As in Envoy, one always may, so a
+    small pool can still shed its one bad upstream."""
+    if ejected_now == 0:
+        return True
+    return (ejected_now + 1) * 100.0 <= max_ejection_percent * pool_size
