@@ -13,6 +13,7 @@ A run that fails inside the model is not an exception: it is a ``RunOutput`` wit
 from __future__ import annotations
 
 import asyncio
+from uuid import uuid4
 from typing import Any, AsyncIterator, Dict, Iterator, Literal, Optional, Sequence, Union
 
 import httpx
@@ -148,6 +149,9 @@ class AgentOSRunner:
         params = {key: value for key, value in params.items() if value is not None}
         if not self.is_remote:
             assert self.component is not None
+            # A remote server starts a new session when none is named; agno's local arun would
+            # reuse the component's last one. Same arguments, same behaviour: a new session.
+            params.setdefault("session_id", str(uuid4()))
             return self.component.arun(input, stream=stream, **params)  # type: ignore[call-overload]
         params["stream_events"] = bool(stream_events)
         if stream:

@@ -180,3 +180,32 @@ async def test_nothing_is_left_open_after_bad_requests(gateway) -> None:
             assert held_connections(gateway.port) >= 1  # the check below can see an open connection
     # Every connection the gateway accepted is closed once its client has gone.
     await eventually(lambda: held_connections(gateway.port) == 0, what="the gateway to close every connection")
+
+
+async def test_a_session_owned_by_another_user_is_not_found(client) -> None:
+    session_id = f"owned-{uuid.uuid4()}"
+    run = "/v1/agents/echo-agent/run"
+    first = await client.post(run, json={"input": "my secret", "user_id": "alice", "session_id": session_id})
+    assert first.status_code == 200
+    for intruder in ({"user_id": "mallory"}, {}):
+        response = await client.post(run, json={"input": "hi", "session_id": session_id, **intruder})
+        assert response.status_code == 404, intruder
+        assert response.json() == {"detail": "Session not found"}
+    owner = await client.post(run, json={"input": "again", "user_id": "alice", "session_id": session_id})
+    assert owner.json()["content"].endswith("history=2]")
+
+
+async def test_an_empty_session_id_starts_a_new_session(client) -> None:
+    answers = [
+        (await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": ""})).json() for _ in range(2)
+    ]
+    assert all(answer["session_id"] for answer in answers)
+    assert answers[0]["session_id"] != answers[1]["session_id"]
+    assert all(answer["content"].endswith("history=0]") for answer in answers)
+
+
+@pytest.mark.parametrize("keyword", ["background", "yield_run_output", "websocket"])
+async def test_execution_keywords_are_refused(client, keyword: str) -> None:
+    response = await client.post("/v1/agents/echo-agent/run", json={"input": "slow: a b", keyword: True})
+    assert response.status_code == 422
+    assert keyword in json.dumps(response.json())

@@ -139,3 +139,12 @@ def test_runner_is_bound_to_one_event_loop(gateway) -> None:
     with pytest.raises(RuntimeError, match="another event loop"):
         asyncio.run(runner.arun("1 + 1"))
     runner.close()
+
+
+async def test_a_local_runner_without_session_id_starts_a_new_session_like_a_remote_one(gateway) -> None:
+    local = AgentOSRunner(agent=build_demo(instance=INSTANCE).agent)
+    async with AgentOSRunner(base_url=gateway.url, agent_id="echo-agent") as remote:
+        for runner in (local, remote):
+            first, second = await runner.arun("a"), await runner.arun("b")
+            assert first.session_id != second.session_id
+            assert second.content.endswith("history=0]")

@@ -27,6 +27,9 @@ from gateway.wire.sse import format_frame
 logger = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+TERMINAL_EVENTS = frozenset(
+    {"RunCompleted", "RunError", "TeamRunCompleted", "TeamRunError", "WorkflowCompleted", "WorkflowError"}
+)
 
 
 def resolve_entity(registry: LocalRegistry, kind: EntityKind, entity_id: str) -> LocalEntity:
@@ -40,7 +43,8 @@ def resolve_entity(registry: LocalRegistry, kind: EntityKind, entity_id: str) ->
 
 
 def run_params(body: RunRequest) -> Dict[str, Any]:
-    """The ``arun`` keyword arguments of a request: media rebuilt, a session id always set."""
+    """The ``arun`` keyword arguments of a request: media rebuilt, a session id and a run id
+    always set (known before the run starts, for logs, routing and cancel)."""
     params = body.model_dump(exclude_none=True, exclude={"input", "stream"})
     for field in MEDIA_FORM_FIELDS:
         if field in params:
@@ -48,9 +52,26 @@ def run_params(body: RunRequest) -> Dict[str, Any]:
                 params[field] = media_from_dicts(field, params[field])
             except ValueError as error:
                 raise HTTPException(status_code=422, detail=str(error)) from None
-    # Known before the run starts, so it can be logged and routed; AgentOS would make the same.
-    params.setdefault("session_id", str(uuid4()))
+    # An empty session id means "new session", as AgentOS reads it: never one shared "" session.
+    if not params.get("session_id"):
+        params["session_id"] = str(uuid4())
+    if not params.get("run_id"):
+        params["run_id"] = str(uuid4())
     return params
+
+
+async def assert_session_owned(entity: LocalEntity, params: Dict[str, Any]) -> None:
+    """404 ``Session not found`` when the session belongs to another user (or the request names
+    no user for an owned session): AgentOS's own check, so no caller reads another's history."""
+    from agno.os.middleware.user_scope import assert_session_writable
+
+    effective_user_id = params.get("user_id") or getattr(entity.component, "user_id", None)
+    await assert_session_writable(
+        getattr(entity.component, "db", None),
+        params["session_id"],
+        effective_user_id,
+        session_type=entity.kind.spec.session_type,
+    )
 
 
 async def stream_frames(
@@ -58,11 +79,16 @@ async def stream_frames(
 ) -> AsyncIterator[str]:
     """The run's events as SSE frames. Closing this generator (the client left) closes agno's
     run stream, which agno records as a cancelled run."""
+    ended = False
     try:
         async with contextlib.aclosing(runner.arun(input, stream=True, **params)) as events:
             async for event in events:
                 yield format_frame(event)
+                ended = event.event in TERMINAL_EVENTS
     except Exception as error:  # a failure outside the model: still reported in-band, as AgentOS does
+        if ended:  # the run already ended; a second ending would contradict it
+            logger.exception("local %s run %s failed after it ended", kind.name.lower(), entity_id)
+            return
         logger.exception("local %s run %s failed", kind.name.lower(), entity_id)
         event = kind.error_event(
             str(error),
@@ -78,6 +104,7 @@ def _run_endpoint(kind: EntityKind, registry: LocalRegistry) -> Callable[..., An
     async def run(entity_id: str, body: RunRequest, request: Request) -> Response:
         entity = resolve_entity(registry, kind, entity_id)
         params = run_params(body)
+        await assert_session_owned(entity, params)
         runner = AgentOSRunner(**{kind.name.lower(): entity.fresh()})
         if body.stream:
             params.setdefault("stream_events", True)  # AgentOS's run routes default to every event

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# arun() keywords that change how a run executes, not what it does: a background run would
+# outlive its request (nothing could cancel or read it), the others change the stream's shape.
+EXECUTION_KEYWORDS = frozenset(
+    {"background", "background_tasks", "yield_run_output", "websocket", "enable_websocket", "run_context"}
+)
 
 MediaList = Optional[List[Dict[str, Any]]]
 
@@ -36,3 +42,10 @@ class RunRequest(BaseModel):
     audio: MediaList = None
     videos: MediaList = None
     files: MediaList = None
+
+    @model_validator(mode="after")
+    def _no_execution_keywords(self) -> "RunRequest":
+        refused = sorted(EXECUTION_KEYWORDS & set(self.model_extra or {}))
+        if refused:
+            raise ValueError(f"not accepted by this API: {', '.join(refused)}")
+        return self

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
+from agno.db.base import SessionType
 from agno.run.agent import RunErrorEvent, RunOutput, run_output_event_from_dict
 from agno.run.base import BaseRunOutputEvent, RunStatus
 from agno.run.team import RunErrorEvent as TeamRunErrorEvent
@@ -29,11 +30,13 @@ class KindSpec:
     event_from_dict: Callable[[Dict[str, Any]], BaseRunOutputEvent]
     error_event: Callable[..., BaseRunOutputEvent]
     error_event_name: str
+    session_type: SessionType
 
 
 class EntityKind(enum.Enum):
     AGENT = KindSpec(
-        "agents", "agent_id", "Agent not found", RunOutput.from_dict, run_output_event_from_dict, RunErrorEvent, "RunError"
+        "agents", "agent_id", "Agent not found", RunOutput.from_dict, run_output_event_from_dict, RunErrorEvent, "RunError",
+        SessionType.AGENT,
     )
     TEAM = KindSpec(
         "teams",
@@ -43,6 +46,7 @@ class EntityKind(enum.Enum):
         team_run_output_event_from_dict,
         TeamRunErrorEvent,
         "TeamRunError",
+        SessionType.TEAM,
     )
     WORKFLOW = KindSpec(
         "workflows",
@@ -52,6 +56,7 @@ class EntityKind(enum.Enum):
         workflow_run_output_event_from_dict,
         WorkflowErrorEvent,
         "WorkflowError",
+        SessionType.WORKFLOW,
     )
 
     @property
