@@ -43,3 +43,13 @@ async def test_remote_agent_reports_a_model_failure_in_band(upstream) -> None:
     output = await RemoteAgent(base_url=upstream.url, agent_id="echo-agent").arun("fail: boom")
     assert output.status == RunStatus.error
     assert output.content == "deterministic failure: boom"
+
+
+async def test_agentos_client_reads_the_gateways_config(gateway) -> None:
+    from agno.client import AgentOSClient
+
+    config = await AgentOSClient(base_url=gateway.url).aget_config()
+    assert [agent.id for agent in config.agents] == ["echo-agent"]
+    assert [team.id for team in config.teams] == ["echo-team"]
+    assert [workflow.id for workflow in config.workflows] == ["echo-workflow"]
+    assert config.databases and config.agents[0].db_id in config.databases

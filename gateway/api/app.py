@@ -48,20 +48,24 @@ def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalR
 
     @app.get("/config", tags=["AgentOS"], summary="What this gateway serves, in AgentOS's shape")
     async def config() -> Dict[str, Any]:
+        from agno.os.schema import ConfigResponse
+
         listing = {kind.path: registry.summaries(kind) for kind in EntityKind}
+        entries = [entry for entries in listing.values() for entry in entries]
         models = {
             (entry["model"]["id"], entry["model"].get("provider"))
-            for entries in listing.values()
             for entry in entries
             if isinstance(entry.get("model"), dict) and entry["model"].get("id")
         }
-        return {
-            "os_id": settings.gateway_id,
-            "name": settings.gateway_id,
-            "available_models": [{"id": model, "provider": provider} for model, provider in sorted(models)],
-            "databases": [],
+        # Validated by agno's own schema: what AgentOSClient.get_config() parses.
+        response = ConfigResponse(
+            os_id=settings.gateway_id,
+            available_models=[{"id": model, "provider": provider} for model, provider in sorted(models)],
+            databases=sorted({entry["db_id"] for entry in entries if entry.get("db_id")}),
+            interfaces=[],
             **listing,
-        }
+        )
+        return response.model_dump(exclude_none=True)
 
     app.include_router(local_runs_router(registry))
     return app
