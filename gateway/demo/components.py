@@ -73,6 +73,7 @@ def build_demo(instance: str = "local", db: Optional[BaseDb] = None) -> DemoComp
         name="Echo Workflow",
         steps=[Step(name="echo-step", agent=step_agent)],
         db=db,
+        add_workflow_history_to_steps=True,  # the step sees earlier runs: a session visibly continues
         telemetry=False,
     )
     return DemoComponents(agent=agent, team=team, workflow=workflow)
