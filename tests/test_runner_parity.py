@@ -122,7 +122,14 @@ async def test_stream_same_event_sequence(kind: str, stream_events, runners) -> 
         events = [
             event
             async for event in runners(kind, target).arun(
-                message, stream=True, stream_events=stream_events, session_id=session_id, user_id="u1"
+                message,
+                stream=True,
+                stream_events=stream_events,
+                session_id=session_id,
+                user_id="u1",
+                session_state={"cart": ["apple"]},
+                metadata={"tag": "gw"},
+                dependencies={"city": "Oslo"},
             )
         ]
         sequences[target] = [event.event for event in events]
