@@ -29,13 +29,12 @@ class KindSpec:
     output_from_dict: Callable[[Dict[str, Any]], Any]
     event_from_dict: Callable[[Dict[str, Any]], BaseRunOutputEvent]
     error_event: Callable[..., BaseRunOutputEvent]
-    error_event_name: str
     session_type: SessionType
 
 
 class EntityKind(enum.Enum):
     AGENT = KindSpec(
-        "agents", "agent_id", "Agent not found", RunOutput.from_dict, run_output_event_from_dict, RunErrorEvent, "RunError",
+        "agents", "agent_id", "Agent not found", RunOutput.from_dict, run_output_event_from_dict, RunErrorEvent,
         SessionType.AGENT,
     )
     TEAM = KindSpec(
@@ -45,7 +44,6 @@ class EntityKind(enum.Enum):
         TeamRunOutput.from_dict,
         team_run_output_event_from_dict,
         TeamRunErrorEvent,
-        "TeamRunError",
         SessionType.TEAM,
     )
     WORKFLOW = KindSpec(
@@ -55,7 +53,6 @@ class EntityKind(enum.Enum):
         WorkflowRunOutput.from_dict,
         workflow_run_output_event_from_dict,
         WorkflowErrorEvent,
-        "WorkflowError",
         SessionType.WORKFLOW,
     )
 
