@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PORT = 7777
@@ -43,6 +43,69 @@ DEMO_LOCAL = LocalEntities(
 )
 
 
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+UPSTREAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class UpstreamConfig(Strict):
+    """One AgentOS server. Its own key is injected by the gateway on every request to it."""
+
+    name: str = Field(pattern=UPSTREAM_NAME_PATTERN, description="shown in x-agentos-gateway-upstream")
+    url: AnyHttpUrl = Field(description="http(s)://host:port of the AgentOS")
+    weight: float = Field(1.0, gt=0, le=1000, description="share of sessions, relative to the others")
+    api_key: Optional[str] = Field(None, min_length=1, repr=False, description="the upstream's OS_SECURITY_KEY")
+
+    @property
+    def base_url(self) -> str:
+        return str(self.url).rstrip("/")
+
+
+class HealthSettings(Strict):
+    """Active health checks: ``GET /health`` on every upstream (Envoy's names)."""
+
+    interval_s: float = Field(5.0, gt=0, description="between probes of one upstream")
+    timeout_s: float = Field(2.0, gt=0, description="a probe slower than this failed")
+    jitter_percent: float = Field(10.0, ge=0, le=100, description="each interval varies by up to this much")
+    healthy_threshold: int = Field(2, ge=1, description="good probes in a row that mark an upstream up")
+    unhealthy_threshold: int = Field(3, ge=1, description="failed probes in a row that mark it down")
+
+
+class OutlierSettings(Strict):
+    """Passive health: ejection on failures seen in real traffic (Envoy's outlier detection)."""
+
+    consecutive_failures: int = Field(5, ge=1, description="connect errors, timeouts or 5xx in a row")
+    base_ejection_s: float = Field(30.0, gt=0, description="first ejection; doubles each time")
+    max_ejection_s: float = Field(300.0, gt=0, description="cap of one ejection")
+    max_ejection_percent: float = Field(50.0, ge=0, le=100, description="never eject more of the pool")
+
+
+class RetrySettings(Strict):
+    """Retries of runs the upstream surely did not start, on the next upstream in affinity order."""
+
+    max_attempts: int = Field(3, ge=1, description="tries per request, the first included")
+    backoff_base_s: float = Field(0.025, ge=0, description="jittered exponential backoff: base")
+    backoff_max_s: float = Field(0.25, ge=0, description="jittered exponential backoff: cap")
+    budget_percent: float = Field(20.0, ge=0, le=100, description="retries at most this share of active requests")
+    min_retry_concurrency: int = Field(3, ge=0, description="retries always allowed at once")
+
+
+class TimeoutSettings(Strict):
+    connect_s: float = Field(2.0, gt=0, description="TCP connect to an upstream")
+    first_byte_s: float = Field(30.0, gt=0, description="request sent to response headers, for streams")
+    run_s: float = Field(300.0, gt=0, description="a whole run, stream or not")
+    stream_idle_s: float = Field(300.0, gt=0, description="silence of a stream before it is ended")
+    keepalive_s: float = Field(15.0, ge=0, description="': keepalive' comment after this much silence; 0 = off")
+
+
+class AffinitySettings(Strict):
+    mode: Literal["hash", "bounded", "strict", "off"] = Field("hash", description="how sessions stick")
+    load_factor: float = Field(1.25, ge=1.0, description="bounded mode: c of consistent hashing with bounded loads")
+    headers: bool = Field(True, description="send x-agentos-gateway-upstream and -affinity")
+
+
 class Settings(BaseSettings):
     """Every setting of the gateway, with its default."""
 
@@ -53,6 +116,26 @@ class Settings(BaseSettings):
     gateway_id: str = Field("agentos-gateway", min_length=1, description="os_id in GET /config")
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0, description="larger request bodies get 413")
     local: LocalEntities = Field(default_factory=LocalEntities)
+    upstreams: List[UpstreamConfig] = Field(default_factory=list)
+    on_conflict: Literal["error", "local", "upstream"] = Field(
+        "error", description="an id served locally and by upstreams: refuse to start, or which one wins"
+    )
+    panic: bool = Field(False, description="no usable upstream: try them all (Envoy's panic) instead of 503")
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    outlier: OutlierSettings = Field(default_factory=OutlierSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    affinity: AffinitySettings = Field(default_factory=AffinitySettings)
+    max_connections_per_upstream: int = Field(1000, ge=1, description="aiohttp keep-alive pool size")
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique_names(cls, upstreams: List[UpstreamConfig]) -> List[UpstreamConfig]:
+        names = [upstream.name for upstream in upstreams]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"upstream names must be unique: {', '.join(duplicates)}")
+        return upstreams
 
     @classmethod
     def settings_customise_sources(
@@ -74,10 +157,38 @@ def load_settings(path: Optional[os.PathLike[str] | str] = None) -> Settings:
     """
     path = path or os.environ.get(CONFIG_ENV) or None
     values: Dict[str, Any] = _read_yaml(Path(path)) if path else {"local": DEMO_LOCAL.model_dump()}
+    values = _with_upstream_env(values, os.environ)
     try:
         return Settings(**values)
     except ValidationError as error:
         raise ConfigError(_describe(error, source=str(path or "environment"))) from None
+
+
+UPSTREAM_ENV_FIELDS = ("url", "weight", "api_key")
+
+
+def upstream_env_name(upstream: str, field: str) -> str:
+    """``GATEWAY_UPSTREAM_<NAME>_<FIELD>``: NAME upper-cased, other characters as ``_``."""
+    slug = "".join(char if char.isalnum() else "_" for char in upstream).upper()
+    return f"GATEWAY_UPSTREAM_{slug}_{field.upper()}"
+
+
+def _with_upstream_env(values: Dict[str, Any], environ: Dict[str, str]) -> Dict[str, Any]:
+    """Each upstream's fields overridden from its own variables, e.g. ``GATEWAY_UPSTREAM_OS_A_API_KEY``
+    (a list cannot be addressed field by field through pydantic-settings' nested names)."""
+    upstreams = values.get("upstreams")
+    if not isinstance(upstreams, list):
+        return values
+    merged = []
+    for upstream in upstreams:
+        if isinstance(upstream, dict) and isinstance(upstream.get("name"), str):
+            upstream = dict(upstream)
+            for field in UPSTREAM_ENV_FIELDS:
+                value = environ.get(upstream_env_name(upstream["name"], field))
+                if value is not None:
+                    upstream[field] = value
+        merged.append(upstream)
+    return {**values, "upstreams": merged}
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:

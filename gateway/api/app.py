@@ -2,40 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional
+from typing import Any, AsyncIterator, Dict, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway import __version__
 from gateway.api.body_limit import BodyLimitMiddleware
-from gateway.api.local_runs import local_runs_router
+from gateway.api.catalog import catalog_router
+from gateway.api.forwarding import Forwarder
+from gateway.api.runs import runs_router
+from gateway.api.sessions import sessions_router
 from gateway.local import LocalRegistry
-from gateway.settings import Settings, load_settings
-from gateway.wire.kinds import EntityKind
+from gateway.pool import Pool
+from gateway.routing import Directory
+from gateway.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the routes share: built once per app."""
+
+    settings: Settings
+    registry: LocalRegistry
+    pool: Optional[Pool]
+    forwarder: Optional[Forwarder]
+    directory: Directory
 
 
 def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalRegistry] = None) -> FastAPI:
     """The gateway app for ``settings`` (default: the file/env configuration, see ``load_settings``).
 
-    Raises ``ConfigError`` when a configured component cannot be loaded.
+    Raises ``ConfigError`` when a configured component cannot be loaded. Upstreams are probed
+    once at startup, before the first request; with ``on_conflict: error`` an id served both
+    locally and by an upstream then stops the startup.
     """
     settings = settings if settings is not None else load_settings()
     registry = registry if registry is not None else LocalRegistry.from_config(settings.local)
+    pool = Pool(settings) if settings.upstreams else None
+    forwarder = Forwarder(pool, settings) if pool is not None else None
+    services = Services(settings, registry, pool, forwarder, Directory(registry, pool, settings.on_conflict))
     instantiated_at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if pool is not None:
+            await pool.start()
+        try:
+            conflicts = services.directory.conflicts() if settings.on_conflict == "error" else []
+            if conflicts:
+                raise ConfigError("\n".join(conflicts))
+            yield
+        finally:
+            if pool is not None:
+                await pool.close()
 
     app = FastAPI(
         title="agentos-gateway",
         version=__version__,
         description="Runs agno agents, teams and workflows in-process or on AgentOS upstreams.",
+        lifespan=lifespan,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.state.settings = settings
-    app.state.registry = registry
+    app.state.services = services
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
@@ -46,26 +81,7 @@ def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalR
     async def health() -> Dict[str, Any]:
         return {"status": "ok", "instantiated_at": instantiated_at}
 
-    @app.get("/config", tags=["AgentOS"], summary="What this gateway serves, in AgentOS's shape")
-    async def config() -> Dict[str, Any]:
-        from agno.os.schema import ConfigResponse
-
-        listing = {kind.path: registry.summaries(kind) for kind in EntityKind}
-        entries = [entry for entries in listing.values() for entry in entries]
-        models = {
-            (entry["model"]["id"], entry["model"].get("provider"))
-            for entry in entries
-            if isinstance(entry.get("model"), dict) and entry["model"].get("id")
-        }
-        # Validated by agno's own schema: what AgentOSClient.get_config() parses.
-        response = ConfigResponse(
-            os_id=settings.gateway_id,
-            available_models=[{"id": model, "provider": provider} for model, provider in sorted(models)],
-            databases=sorted({entry["db_id"] for entry in entries if entry.get("db_id")}),
-            interfaces=[],
-            **listing,
-        )
-        return response.model_dump(exclude_none=True)
-
-    app.include_router(local_runs_router(registry))
+    app.include_router(runs_router(services.directory, forwarder))
+    app.include_router(catalog_router(settings, registry, services.directory, forwarder))
+    app.include_router(sessions_router(services.directory, forwarder))
     return app

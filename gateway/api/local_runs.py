@@ -1,4 +1,4 @@
-"""Runs of in-process components: ``POST /v1/{kind}/{id}/run`` and the AgentOS cancel route.
+"""Runs of in-process components, for the v1 and the AgentOS-native run routes.
 
 Each request runs on a fresh copy of the component through ``AgentOSRunner``, so the library and
 the service cannot drift. Streams are AgentOS's exact frames; a run that fails in the model stays
@@ -9,41 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Callable, Dict
+from typing import Any, AsyncIterator, Dict
 from uuid import uuid4
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.api.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
 from gateway.api.schemas import RunRequest
-from gateway.local import LocalEntity, LocalRegistry
+from gateway.local import LocalEntity
 from gateway.runner import AgentOSRunner
 from gateway.wire.encoding import MEDIA_FORM_FIELDS, media_from_dicts
-from gateway.wire.kinds import ENTITY_ID_PATTERN, EntityKind, is_valid_entity_id
-from gateway.wire.sse import format_frame
+from gateway.wire.kinds import EntityKind
+from gateway.wire.sse import TERMINAL_EVENTS, format_frame
 
 logger = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-TERMINAL_EVENTS = frozenset(
-    {"RunCompleted", "RunError", "TeamRunCompleted", "TeamRunError", "WorkflowCompleted", "WorkflowError"}
-)
-
-
-def resolve_entity(registry: LocalRegistry, kind: EntityKind, entity_id: str) -> LocalEntity:
-    """The local entity, or 400 for a malformed id and 404 (AgentOS's text) for an unknown one."""
-    if not is_valid_entity_id(entity_id):
-        raise HTTPException(status_code=400, detail=f"Invalid id: must match {ENTITY_ID_PATTERN.pattern}")
-    entity = registry.get(kind, entity_id)
-    if entity is None:
-        raise HTTPException(status_code=404, detail=kind.spec.not_found)
-    return entity
 
 
 def run_params(body: RunRequest) -> Dict[str, Any]:
-    """The ``arun`` keyword arguments of a request: media rebuilt, a session id and a run id
+    """The ``arun`` keyword arguments of a v1 request: media rebuilt, a session id and a run id
     always set (known before the run starts, for logs, routing and cancel)."""
     params = body.model_dump(exclude_none=True, exclude={"input", "stream"})
     for field in MEDIA_FORM_FIELDS:
@@ -100,61 +87,24 @@ async def stream_frames(
         yield format_frame(event)
 
 
-def _run_endpoint(kind: EntityKind, registry: LocalRegistry) -> Callable[..., Any]:
-    async def run(entity_id: str, body: RunRequest, request: Request) -> Response:
-        entity = resolve_entity(registry, kind, entity_id)
-        params = run_params(body)
-        await assert_session_owned(entity, params)
-        runner = AgentOSRunner(**{kind.name.lower(): entity.fresh()})
-        if body.stream:
-            params.setdefault("stream_events", True)  # AgentOS's run routes default to every event
-            return StreamingResponse(
-                stream_frames(kind, entity_id, runner, body.input, params),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
-            )
-        try:
-            output = await until_disconnected(request, runner.arun(body.input, stream=False, **params))
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return JSONResponse(jsonable_encoder(output.to_dict()))
-
-    run.__name__ = f"run_{kind.name.lower()}"
-    return run
-
-
-def _cancel_endpoint(kind: EntityKind, registry: LocalRegistry) -> Callable[..., Any]:
-    async def cancel(entity_id: str, run_id: str) -> Dict[str, Any]:
-        entity = resolve_entity(registry, kind, entity_id)
-        await AgentOSRunner(**{kind.name.lower(): entity.component}).acancel(run_id)
-        return {}  # AgentOS answers {} whether or not the run existed
-
-    cancel.__name__ = f"cancel_{kind.name.lower()}_run"
-    return cancel
-
-
-def local_runs_router(registry: LocalRegistry) -> APIRouter:
-    router = APIRouter()
-    for kind in EntityKind:
-        noun = kind.name.lower()
-        router.add_api_route(
-            f"/v1/{kind.path}/{{entity_id}}/run",
-            _run_endpoint(kind, registry),
-            methods=["POST"],
-            summary=f"Run a {noun}",
-            tags=["v1"],
-            responses={
-                200: {"description": "the run's output (JSON), or its events (text/event-stream)"},
-                400: {"description": "malformed id"},
-                404: {"description": f"unknown {noun}"},
-                413: {"description": "body too large"},
-            },
+async def run_locally(
+    request: Request, kind: EntityKind, entity: LocalEntity, input: Any, params: Dict[str, Any], *, stream: bool
+) -> Response:
+    """One run of a local component, answered as AgentOS answers it."""
+    await assert_session_owned(entity, params)
+    runner = AgentOSRunner(**{kind.name.lower(): entity.fresh()})
+    if stream:
+        params.setdefault("stream_events", True)  # AgentOS's run routes default to every event
+        return StreamingResponse(
+            stream_frames(kind, entity.id, runner, input, params), media_type="text/event-stream", headers=SSE_HEADERS
         )
-        router.add_api_route(
-            f"/{kind.path}/{{entity_id}}/runs/{{run_id}}/cancel",
-            _cancel_endpoint(kind, registry),
-            methods=["POST"],
-            summary=f"Cancel a {noun} run",
-            tags=["AgentOS"],
-        )
-    return router
+    try:
+        output = await until_disconnected(request, runner.arun(input, stream=False, **params))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return JSONResponse(jsonable_encoder(output.to_dict()))
+
+
+async def cancel_locally(entity: LocalEntity, run_id: str) -> Dict[str, Any]:
+    await AgentOSRunner(**{entity.kind.name.lower(): entity.component}).acancel(run_id)
+    return {}  # AgentOS answers {} whether or not the run existed

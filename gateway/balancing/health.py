@@ -5,7 +5,9 @@ Rules (Envoy's, named the same way):
 * Active health: an upstream starts PENDING and takes no traffic until its first probe. The first
   answer decides at once (up or down); after that ``unhealthy_threshold`` consecutive failed
   probes mark a HEALTHY upstream UNHEALTHY and ``healthy_threshold`` consecutive good ones mark an
-  UNHEALTHY upstream HEALTHY. Transitions are the table ``_ACTIVE_TRANSITIONS``.
+  UNHEALTHY upstream HEALTHY. Transitions are the table ``_ACTIVE_TRANSITIONS``. An upstream that
+  comes back up this way is also un-ejected (it restarted). Unlike Envoy's default, a good probe of
+  an upstream that never went down does not un-eject it: ``/health`` says nothing about runs.
 * Passive health (outlier ejection): ``consecutive_failures`` connect errors, timeouts or 5xx
   answers from real traffic eject the upstream for ``base_ejection_s * 2**(n-1)`` (n = how many
   times it was ejected, capped at ``max_ejection_s``), unless that would eject more than
@@ -98,6 +100,8 @@ class UpstreamHealth:
             self.streak += 1
             if self.streak >= getattr(self.health_policy, threshold_name):
                 self.active, self.streak = target, 0
+                if target is ActiveState.HEALTHY:
+                    self.ejected_until = 0.0  # it was down and came back: a fresh start
         return self.active
 
     # -- passive ---------------------------------------------------------------------------------

@@ -93,3 +93,16 @@ def _form_value(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)
+
+
+def v1_json_to_form(data: Dict[str, Any]) -> Dict[str, str]:
+    """A v1 JSON body (already validated) as the AgentOS run form, for an upstream.
+
+    Media stay agno's dicts, under the form field AgentOS reads them from.
+    """
+    form: Dict[str, str] = {"message": input_to_text(data["input"]), "stream": _form_value(bool(data.get("stream")))}
+    for key, value in data.items():
+        if value is None or key in ("input", "stream"):
+            continue
+        form[MEDIA_FORM_FIELDS.get(key, key)] = _form_value(value)
+    return form

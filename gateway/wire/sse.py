@@ -17,6 +17,38 @@ logger = logging.getLogger(__name__)
 
 DATA_PREFIX = "data: "
 
+# The events after which a run's stream carries nothing more of the run (a cancelled run's stream
+# ends RunCancelled then RunCompleted; a paused one waits for a continue request).
+TERMINAL_EVENTS = frozenset(
+    {
+        "RunCompleted", "RunError", "RunCancelled", "RunPaused",
+        "TeamRunCompleted", "TeamRunError", "TeamRunCancelled", "TeamRunPaused",
+        "WorkflowCompleted", "WorkflowError", "WorkflowCancelled",
+    }
+)  # fmt: skip
+_TERMINAL_LINES = tuple(f"\nevent: {name}\n".encode() for name in TERMINAL_EVENTS)
+_TAIL = max(len(line) for line in _TERMINAL_LINES)
+
+
+class EndOfRunDetector:
+    """Whether the bytes of a stream so far include a terminal event, found by scanning the
+    ``event:`` lines: no JSON parsing on the pass-through path. A chunk may end mid-line, so the
+    last bytes of the previous chunk are kept. An ``event:`` line cannot be forged by run content:
+    data is one line of JSON, whose strings cannot hold a raw newline."""
+
+    __slots__ = ("ended", "_tail")
+
+    def __init__(self) -> None:
+        self.ended = False
+        self._tail = b"\n"  # the stream's first line starts a line too
+
+    def feed(self, chunk: bytes) -> bool:
+        if not self.ended:
+            window = self._tail + chunk
+            self.ended = any(line in window for line in _TERMINAL_LINES)
+            self._tail = window[-_TAIL:]
+        return self.ended
+
 
 def format_frame(event: BaseRunOutputEvent) -> str:
     """One SSE frame, byte for byte as AgentOS's ``format_sse_event`` writes it."""

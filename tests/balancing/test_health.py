@@ -81,3 +81,16 @@ def test_max_ejection_percent(size: int, ejected: int, percent: float, allowed: 
 )
 def test_retry_budget(active: int, retries: int, allowed: bool) -> None:
     assert RetryBudget(budget_percent=20, min_retry_concurrency=3).allows(active, retries) is allowed
+
+
+def test_coming_back_up_un_ejects_but_a_good_probe_alone_does_not() -> None:
+    health = UpstreamHealth(health_policy=HealthPolicy(healthy_threshold=2, unhealthy_threshold=1))
+    health.on_probe(Probe.OK)
+    health.eject(now=0.0)
+    health.on_probe(Probe.OK)  # healthy all along: /health says nothing about runs
+    assert health.is_ejected(1.0)
+    health.on_probe(Probe.FAILED)  # down...
+    health.on_probe(Probe.OK)
+    assert health.is_ejected(1.0)
+    health.on_probe(Probe.OK)  # ...and back up: it restarted
+    assert health.active is ActiveState.HEALTHY and not health.is_ejected(1.0) and health.is_usable(1.0)

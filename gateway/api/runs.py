@@ -1,0 +1,213 @@
+"""The run routes, local or remote alike:
+
+* ``POST /v1/{kind}/{id}/run``: JSON in; for an upstream it becomes the AgentOS form.
+* AgentOS's own ``POST /{kind}/{id}/runs`` (form or multipart), ``.../runs/{run_id}/cancel``,
+  ``.../runs/{run_id}/continue``, and the run read-back routes, passed through to upstreams.
+
+Every run gets its session id and run id here, before an upstream is chosen: the session id
+decides the upstream (affinity), the run id lets a cancel find it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Optional, Tuple
+from uuid import uuid4
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import FormData, UploadFile
+
+from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, with_form_fields
+from gateway.api.local_runs import cancel_locally, run_locally, run_params
+from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
+from gateway.local import LocalEntity
+from gateway.proxy import Outgoing
+from gateway.routing import Directory, Remote, Target
+from gateway.wire.encoding import v1_json_to_form
+from gateway.wire.kinds import ENTITY_ID_PATTERN, EntityKind, is_valid_entity_id
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# AgentOS's answer to a run request that is not a form (it reads the form field ``message``).
+MESSAGE_MISSING = {"detail": [{"type": "missing", "loc": ["body", "message"], "msg": "Field required", "input": None}]}
+
+
+def resolve(directory: Directory, kind: EntityKind, entity_id: str) -> Target:
+    """Who serves the id; 400 for a malformed id, 404 (AgentOS's text) for an unknown one."""
+    if not is_valid_entity_id(entity_id):
+        raise HTTPException(status_code=400, detail=f"Invalid id: must match {ENTITY_ID_PATTERN.pattern}")
+    target = directory.resolve(kind, entity_id)
+    if target is None:
+        raise HTTPException(status_code=404, detail=kind.spec.not_found)
+    return target
+
+
+def _forwarder(forwarder: Optional[Forwarder]) -> Forwarder:
+    if forwarder is None:  # a Remote target exists only with a pool
+        raise RuntimeError("no upstream pool configured")
+    return forwarder
+
+
+# -- the AgentOS form, read as AgentOS reads it ----------------------------------------------------
+
+
+def _agentos_run_fields(
+    message: str, stream: bool, session_id: Optional[str], user_id: Optional[str], files: Any,
+    files_metadata: Any, version: Any, background: Any, factory_input: Any, monitor: Any,
+) -> None:  # fmt: skip
+    """The fields AgentOS's run routes declare; every other form field is a run keyword."""
+
+
+async def _form(request: Request) -> Tuple[FormData, str]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith((FORM_CONTENT_TYPE, "multipart/form-data")):
+        raise HTTPException(status_code=422, detail=MESSAGE_MISSING["detail"])
+    return await request.form(), content_type
+
+
+def _form_bool(form: FormData, name: str, default: bool) -> bool:
+    value = form.get(name)
+    if value is None:
+        return default  # AgentOS: an omitted ``stream`` means True
+    if not isinstance(value, str) or value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise HTTPException(status_code=422, detail=f"{name}: not a boolean")
+    return value.lower() in ("true", "1", "yes", "on")
+
+
+async def _local_form_run(request: Request, entity: LocalEntity, form: FormData) -> Response:
+    from agno.os.utils import get_request_kwargs
+
+    message = form.get("message")
+    if not isinstance(message, str):
+        raise HTTPException(status_code=422, detail=MESSAGE_MISSING["detail"])
+    if any(isinstance(value, UploadFile) for _, value in form.multi_items()):
+        raise HTTPException(status_code=422, detail="file uploads are accepted for upstream entities only")
+    kwargs = await get_request_kwargs(request, _agentos_run_fields)  # AgentOS's own decoding
+    refused = sorted(EXECUTION_KEYWORDS & set(kwargs))
+    if refused or _form_bool(form, "background", False):
+        raise HTTPException(status_code=422, detail=f"not accepted by this API: {', '.join(refused or ['background'])}")
+    params: Dict[str, Any] = {key: value for key, value in kwargs.items() if value is not None}
+    params["session_id"] = form.get("session_id") or str(uuid4())
+    params["run_id"] = params.get("run_id") or str(uuid4())
+    if form.get("user_id"):
+        params["user_id"] = form.get("user_id")
+    return await run_locally(request, entity.kind, entity, message, params, stream=_form_bool(form, "stream", True))
+
+
+# -- routes ----------------------------------------------------------------------------------------
+
+
+def runs_router(directory: Directory, forwarder: Optional[Forwarder]) -> APIRouter:
+    router = APIRouter()
+    for kind in EntityKind:
+        _add_kind_routes(router, kind, directory, forwarder)
+    return router
+
+
+def _add_kind_routes(router: APIRouter, kind: EntityKind, directory: Directory, forwarder: Optional[Forwarder]) -> None:
+    noun = kind.name.lower()
+
+    async def v1_run(entity_id: str, body: RunRequest, request: Request) -> Response:
+        target = resolve(directory, kind, entity_id)
+        if isinstance(target, LocalEntity):
+            return await run_locally(request, kind, target, body.input, run_params(body), stream=body.stream)
+        data = body.model_dump(exclude_none=True)
+        session_id, session_is_new = new_session(data.get("session_id"))
+        data.update(session_id=session_id, run_id=data.get("run_id") or str(uuid4()))
+        outgoing = Outgoing(
+            "POST",
+            f"/{kind.path}/{entity_id}/runs",
+            headers={"Content-Type": FORM_CONTENT_TYPE},
+            body=form_body(v1_json_to_form(data)),
+            expects_stream=body.stream,
+        )
+        return await _forward_run(forwarder, request, kind, entity_id, target, outgoing, session_id, session_is_new, data["run_id"])
+
+    async def native_run(entity_id: str, request: Request) -> Response:
+        target = resolve(directory, kind, entity_id)
+        form, content_type = await _form(request)
+        if isinstance(target, LocalEntity):
+            return await _local_form_run(request, target, form)
+        added: Dict[str, str] = {}
+        session_id, session_is_new = new_session(_text(form.get("session_id")))
+        if session_is_new:
+            added["session_id"] = session_id
+        run_id = _text(form.get("run_id")) or added.setdefault("run_id", str(uuid4()))
+        outgoing = Outgoing(
+            "POST",
+            f"/{kind.path}/{entity_id}/runs",
+            headers={"Content-Type": content_type},
+            body=with_form_fields(await request.body(), content_type, added),
+            expects_stream=_form_bool(form, "stream", True),
+        )
+        return await _forward_run(forwarder, request, kind, entity_id, target, outgoing, session_id, session_is_new, run_id)
+
+    async def cancel_run(entity_id: str, run_id: str, request: Request) -> Response:
+        target = resolve(directory, kind, entity_id)
+        if isinstance(target, LocalEntity):
+            return JSONResponse(await cancel_locally(target, run_id))
+        status = await _forwarder(forwarder).cancel(target.upstreams, kind, entity_id, run_id, request.url.query)
+        if status == 200:
+            return JSONResponse({})
+        return JSONResponse({"detail": "No upstream took the cancel"}, status_code=502 if status == 502 else status)
+
+    async def continue_run(entity_id: str, run_id: str, request: Request) -> Response:
+        target = resolve(directory, kind, entity_id)
+        if isinstance(target, LocalEntity):
+            raise HTTPException(status_code=501, detail="continue is served for upstream entities only")
+        form, content_type = await _form(request)
+        fwd = _forwarder(forwarder)
+        session_id = _text(form.get("session_id"))
+        choice = _choice_for_run(fwd, target, run_id, session_id)
+        outgoing = Outgoing(
+            "POST",
+            f"/{kind.path}/{entity_id}/runs/{run_id}/continue",
+            body=await request.body(),
+            expects_stream=_form_bool(form, "stream", True),
+        )
+        run = RunInfo(kind, entity_id, run_id, session_id)
+        return await fwd.forward(request, choice, outgoing, run=run)
+
+    async def read_runs(entity_id: str, request: Request, run_id: Optional[str] = None) -> Response:
+        target = resolve(directory, kind, entity_id)
+        if isinstance(target, LocalEntity):
+            raise HTTPException(status_code=501, detail="run read-back is served for upstream entities only")
+        fwd = _forwarder(forwarder)
+        session_id = request.query_params.get("session_id")
+        choice = _choice_for_run(fwd, target, run_id, session_id)
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return await fwd.forward(request, choice, Outgoing("GET", path), with_affinity=False)
+
+    prefix = f"/{kind.path}/{{entity_id}}/runs"
+    for path, endpoint, methods, summary, tags in (
+        (f"/v1/{kind.path}/{{entity_id}}/run", v1_run, ["POST"], f"Run a {noun} (JSON)", ["v1"]),
+        (prefix, native_run, ["POST"], f"Run a {noun} (AgentOS form)", ["AgentOS"]),
+        (f"{prefix}/{{run_id}}/cancel", cancel_run, ["POST"], f"Cancel a {noun} run", ["AgentOS"]),
+        (f"{prefix}/{{run_id}}/continue", continue_run, ["POST"], f"Continue a {noun} run", ["AgentOS"]),
+        (prefix, read_runs, ["GET"], f"List a {noun}'s runs", ["AgentOS"]),
+        (f"{prefix}/{{run_id}}", read_runs, ["GET"], f"Read a {noun} run", ["AgentOS"]),
+    ):
+        router.add_api_route(path, endpoint, methods=methods, summary=summary, tags=tags, name=f"{endpoint.__name__}_{noun}")
+
+
+async def _forward_run(
+    forwarder: Optional[Forwarder], request: Request, kind: EntityKind, entity_id: str, target: Remote,
+    outgoing: Outgoing, session_id: str, session_is_new: bool, run_id: str,
+) -> Response:  # fmt: skip
+    fwd = _forwarder(forwarder)
+    choice = fwd.choose(target.upstreams, session_id, session_is_new=session_is_new)
+    return await fwd.forward(request, choice, outgoing, run=RunInfo(kind, entity_id, run_id, session_id))
+
+
+def _choice_for_run(fwd: Forwarder, target: Remote, run_id: Optional[str], session_id: Optional[str]):  # type: ignore[no-untyped-def]
+    """Where an existing run lives: its recorded upstream, else its session's, else any."""
+    owner = fwd.proxy.run_owners.owner(run_id) if run_id else None
+    owned = [u for u in target.upstreams if u.name == owner]
+    if owned and fwd.pool.is_usable(owned[0]):
+        return fwd.choose(owned, None)
+    return fwd.choose(target.upstreams, session_id)
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value else None
+

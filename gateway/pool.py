@@ -1,0 +1,243 @@
+"""The upstream pool: the I/O around the balancing core.
+
+One ``aiohttp.ClientSession`` (a keep-alive connection pool) per upstream carries both the
+forwarded runs and the probes. Each upstream has a probe loop: ``GET /health`` every interval
+(jittered, so many gateways do not probe in step), and after every good probe ``GET /config``,
+which says what the upstream serves (its membership). What an upstream last listed is kept while
+it is down, so its ids stay known: a request for them gets 503 (come back later), not 404.
+
+The pool publishes state; it does not choose. ``candidates`` gives the balancing core a snapshot,
+``record`` feeds it the outcome of real traffic (passive ejection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional
+
+import aiohttp
+
+from gateway.balancing import (
+    ActiveState,
+    Candidate,
+    HealthPolicy,
+    Outcome,
+    OutlierPolicy,
+    Probe,
+    RetryBudget,
+    UpstreamHealth,
+    may_eject,
+)
+from gateway.settings import Settings, UpstreamConfig
+from gateway.wire.kinds import EntityKind
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Upstream:
+    """One AgentOS server: its config, health, membership, load and connection pool."""
+
+    config: UpstreamConfig
+    health: UpstreamHealth
+    members: Dict[EntityKind, FrozenSet[str]] = field(default_factory=dict)
+    catalog: Optional[Dict[str, Any]] = None  # its last GET /config answer
+    instantiated_at: Optional[str] = None  # from GET /health: a change means it restarted
+    in_flight: int = 0
+    session: Optional[aiohttp.ClientSession] = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
+
+    @property
+    def auth_headers(self) -> Dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+
+    def serves(self, kind: EntityKind, entity_id: str) -> bool:
+        return entity_id in self.members.get(kind, ())
+
+    def client(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            raise RuntimeError(f"upstream {self.name} is not started")
+        return self.session
+
+
+class Pool:
+    def __init__(self, settings: Settings, *, clock: Clock = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        health_policy = HealthPolicy(
+            healthy_threshold=settings.health.healthy_threshold,
+            unhealthy_threshold=settings.health.unhealthy_threshold,
+        )
+        outlier_policy = OutlierPolicy(**settings.outlier.model_dump())
+        self.upstreams: Dict[str, Upstream] = {
+            config.name: Upstream(config=config, health=UpstreamHealth(health_policy, outlier_policy))
+            for config in settings.upstreams
+        }
+        self.retry_budget = RetryBudget(
+            budget_percent=settings.retry.budget_percent,
+            min_retry_concurrency=settings.retry.min_retry_concurrency,
+        )
+        self.active_requests = 0
+        self.active_retries = 0
+        self._probe_tasks: List[asyncio.Task] = []
+        self._rng = random.Random()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the connection pools and probe every upstream once before serving, so the first
+        request already knows who is up and what each serves; then probe on a timer."""
+        limit = self.settings.max_connections_per_upstream
+        for upstream in self.upstreams.values():
+            upstream.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=10),
+                # Per-request timeouts are set by the proxy; none here that could cut a stream.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.timeouts.connect_s),
+                auto_decompress=False,  # bytes pass through as the upstream sent them
+                skip_auto_headers=("User-Agent",),
+            )
+        await asyncio.gather(*(self.probe(upstream) for upstream in self.upstreams.values()))
+        self._probe_tasks = [
+            asyncio.create_task(self._probe_loop(upstream), name=f"probe-{upstream.name}")
+            for upstream in self.upstreams.values()
+        ]
+
+    async def close(self) -> None:
+        for task in self._probe_tasks:
+            task.cancel()
+        for task in self._probe_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._probe_tasks = []
+        for upstream in self.upstreams.values():
+            if upstream.session is not None:
+                await upstream.session.close()
+                upstream.session = None
+
+    # -- active health and membership ------------------------------------------------------------
+
+    async def _probe_loop(self, upstream: Upstream) -> None:
+        health = self.settings.health
+        while True:
+            jitter = health.interval_s * health.jitter_percent / 100.0
+            await asyncio.sleep(health.interval_s + self._rng.uniform(-jitter, jitter))
+            try:
+                await self.probe(upstream)
+            except Exception:  # a probe loop must outlive any surprise
+                logger.exception("probe of upstream %s failed unexpectedly", upstream.name)
+
+    async def probe(self, upstream: Upstream) -> ActiveState:
+        """One health check; after a good one, the membership is read again."""
+        before = upstream.health.active
+        ok = await self._check_health(upstream)
+        state = upstream.health.on_probe(Probe.OK if ok else Probe.FAILED)
+        if ok:
+            await self._refresh_membership(upstream)
+        if state is not before:
+            log = logger.warning if state is ActiveState.UNHEALTHY else logger.info
+            log("upstream %s is %s", upstream.name, state.value)
+        return state
+
+    async def _check_health(self, upstream: Upstream) -> bool:
+        timeout = aiohttp.ClientTimeout(total=self.settings.health.timeout_s)
+        try:
+            async with upstream.client().get(f"{upstream.base_url}/health", timeout=timeout) as response:
+                if response.status != 200:
+                    return False
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return False
+        instantiated_at = body.get("instantiated_at") if isinstance(body, dict) else None
+        if upstream.instantiated_at is not None and instantiated_at != upstream.instantiated_at:
+            logger.info("upstream %s restarted (instantiated_at %s)", upstream.name, instantiated_at)
+        upstream.instantiated_at = instantiated_at
+        return True
+
+    async def _refresh_membership(self, upstream: Upstream) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.settings.health.timeout_s)
+        try:
+            async with upstream.client().get(
+                f"{upstream.base_url}/config", headers=upstream.auth_headers, timeout=timeout
+            ) as response:
+                response.raise_for_status()
+                catalog = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+            logger.warning("upstream %s: GET /config failed, keeping its last membership: %s", upstream.name, error)
+            return
+        if not isinstance(catalog, dict):
+            logger.warning("upstream %s: GET /config is not an object, keeping its last membership", upstream.name)
+            return
+        members = {kind: frozenset(_ids(catalog.get(kind.path))) for kind in EntityKind}
+        if members != upstream.members:
+            logger.info(
+                "upstream %s serves %s",
+                upstream.name,
+                {kind.path: sorted(ids) for kind, ids in members.items()},
+            )
+        upstream.members = members
+        upstream.catalog = catalog
+
+    # -- what the balancing core is given ----------------------------------------------------------
+
+    def serving(self, kind: EntityKind, entity_id: str) -> List[Upstream]:
+        """Every upstream that lists the id, usable or not."""
+        return [upstream for upstream in self.upstreams.values() if upstream.serves(kind, entity_id)]
+
+    def candidates(self, upstreams: Iterable[Upstream]) -> List[Candidate]:
+        now = self.clock()
+        return [
+            Candidate(
+                name=upstream.name,
+                weight=upstream.config.weight,
+                usable=upstream.health.is_usable(now),
+                in_flight=upstream.in_flight,
+            )
+            for upstream in upstreams
+        ]
+
+    def is_usable(self, upstream: Upstream) -> bool:
+        return upstream.health.is_usable(self.clock())
+
+    def any_usable(self) -> bool:
+        now = self.clock()
+        return any(upstream.health.is_usable(now) for upstream in self.upstreams.values())
+
+    # -- passive health --------------------------------------------------------------------------
+
+    def record(self, upstream: Upstream, outcome: Outcome) -> None:
+        """The outcome of one request to ``upstream``; ejects it when its failures say so and the
+        pool can spare it (max ejection percent)."""
+        now = self.clock()
+        if not upstream.health.record(outcome, now):
+            return
+        ejected = sum(1 for other in self.upstreams.values() if other.health.is_ejected(now))
+        if not may_eject(len(self.upstreams), ejected, self.settings.outlier.max_ejection_percent):
+            logger.warning("upstream %s keeps failing, but max_ejection_percent is reached", upstream.name)
+            return
+        until = upstream.health.eject(now)
+        logger.warning("upstream %s ejected for %.1f s after %s", upstream.name, until - now, outcome.value)
+
+    # -- retry budget ------------------------------------------------------------------------------
+
+    def may_retry(self) -> bool:
+        return self.retry_budget.allows(self.active_requests, self.active_retries)
+
+
+def _ids(entries: Any) -> Iterable[str]:
+    if not isinstance(entries, list):
+        return ()
+    return (entry["id"] for entry in entries if isinstance(entry, dict) and isinstance(entry.get("id"), str))
