@@ -40,3 +40,27 @@ def gateway(log_dir: Path, gateway_db: Path) -> Iterator[Server]:
     server = start_server("gateway", ["serve"], log_dir, env=env)
     yield server
     server.stop()
+
+
+POOL_NAMES = ("pool-a", "pool-b")
+
+
+@pytest.fixture(scope="session")
+def pool_upstreams(log_dir: Path) -> Iterator[list]:
+    """Two real AgentOS upstreams (in-memory sessions) for a pool gateway."""
+    from tests.pools import start_upstreams
+
+    servers = start_upstreams(POOL_NAMES, log_dir)
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pool_gateway(log_dir: Path, pool_upstreams: list) -> Iterator[Server]:
+    """A real gateway in front of ``pool_upstreams``, serving nothing locally."""
+    from tests.pools import gateway_config, start_gateway
+
+    server = start_gateway("pool-gateway", gateway_config(pool_upstreams), log_dir)
+    yield server
+    server.stop()

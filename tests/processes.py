@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -29,6 +30,7 @@ class Server:
     port: int
     process: subprocess.Popen
     log_path: Path
+    args: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
 
     def log(self) -> str:
@@ -44,22 +46,31 @@ class Server:
                 self.process.wait(timeout=10)
 
 
-def _listening_socket() -> socket.socket:
+def restart(server: Server, log_dir: Path) -> Server:
+    """The same server again, on the same port (after it was stopped or killed)."""
+    server.stop()
+    return start_server(server.name, server.args, log_dir, env=server.env, port=server.port)
+
+
+def _listening_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
 
 
 def start_server(
-    name: str, args: List[str], log_dir: Path, env: Optional[Dict[str, str]] = None
+    name: str, args: List[str], log_dir: Path, env: Optional[Dict[str, str]] = None, port: int = 0
 ) -> Server:
-    """``agentos-gateway <args> --fd N``, answering ``GET /health`` before this returns."""
-    sock = _listening_socket()
+    """``agentos-gateway <args> --fd N``, answering ``GET /health`` before this returns.
+    ``port`` 0 picks a free one; a given port restarts a server where it was."""
+    sock = _listening_socket(port)
     port = sock.getsockname()[1]
     log_path = log_dir / f"{name}.log"
+    if log_path.exists():  # a restart: keep the earlier life's log
+        log_path.rename(log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
     full_env = {**os.environ, "AGNO_TELEMETRY": "false", **(env or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -70,7 +81,9 @@ def start_server(
             env=full_env,
         )
     sock.close()  # the child holds the only copy now
-    server = Server(name=name, url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
+    server = Server(
+        name=name, url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path, args=args, env=env or {}
+    )
     try:
         httpx.get(f"{server.url}/health", timeout=STARTUP_TIMEOUT_S).raise_for_status()
     except Exception as error:

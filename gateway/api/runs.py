@@ -62,6 +62,7 @@ async def _form(request: Request) -> Tuple[FormData, str]:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith((FORM_CONTENT_TYPE, "multipart/form-data")):
         raise HTTPException(status_code=422, detail=MESSAGE_MISSING["detail"])
+    await request.body()  # kept: the form is parsed from it, and it is forwarded as it came
     return await request.form(), content_type
 
 

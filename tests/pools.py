@@ -1,0 +1,57 @@
+"""Real AgentOS upstreams and a real gateway in front of them, for the pool tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from tests.processes import Server, start_server
+
+# Fast probes, so state changes show within a second or two.
+FAST_HEALTH = {"interval_s": 0.5, "timeout_s": 0.5, "jitter_percent": 0, "healthy_threshold": 2, "unhealthy_threshold": 2}
+
+_INSTANCE = re.compile(r"\[instance=(?P<name>\S+) history=(?P<history>\d+)\]")
+
+
+def start_upstreams(names: Sequence[str], log_dir: Path, *, db_dir: Optional[Path] = None) -> List[Server]:
+    servers = []
+    for name in names:
+        args = ["upstream", "--name", name]
+        if db_dir is not None:
+            args += ["--db", f"sqlite:///{db_dir / (name + '.db')}"]
+        servers.append(start_server(name, args, log_dir))
+    return servers
+
+
+def gateway_config(
+    upstreams: Sequence[Server], weights: Optional[Dict[str, float]] = None, **settings: Any
+) -> Dict[str, Any]:
+    config: Dict[str, Any] = {
+        "upstreams": [
+            {"name": server.name, "url": server.url, "weight": (weights or {}).get(server.name, 1)}
+            for server in upstreams
+        ],
+        "health": FAST_HEALTH,
+    }
+    for key, value in settings.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def start_gateway(name: str, config: Dict[str, Any], log_dir: Path, env: Optional[Dict[str, str]] = None) -> Server:
+    path = log_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return start_server(name, ["serve", "--config", str(path)], log_dir, env=env)
+
+
+def answered_by(content: str) -> Tuple[str, int]:
+    """(instance, history) from an answer's ``[instance=NAME history=H]`` suffix."""
+    match = _INSTANCE.search(content)
+    assert match, f"no instance suffix in {content!r}"
+    return match["name"], int(match["history"])
