@@ -19,6 +19,19 @@ from typing import Any, List, Optional
 os.environ.setdefault("AGNO_TELEMETRY", "false")
 
 EXIT_CONFIG_ERROR = 2
+MAX_PORT = 65535
+
+
+def port_number(text: str) -> int:
+    """``--port``'s type: checked by argparse (exit 2 naming the option), because a port given on
+    the command line is applied after the settings were validated and would not be checked again."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-{MAX_PORT})")
+    return port
 
 
 def _serve_app(app: Any, *, host: str, port: int, fd: Optional[int]) -> None:
@@ -122,12 +135,12 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="gateway.yaml (default: $GATEWAY_CONFIG, else the demo components)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, or the config's host)")
-    serve.add_argument("--port", type=int, help="port to bind (default 7777, or the config's port)")
+    serve.add_argument("--port", type=port_number, help="port to bind (default 7777, or the config's port)")
     serve.add_argument("--fd", type=int, help="serve on this inherited listening socket")
     serve.set_defaults(handler=cmd_serve)
 
     upstream = commands.add_parser("upstream", help="run a real AgentOS serving the demo components")
-    upstream.add_argument("--port", type=int, default=7777)
+    upstream.add_argument("--port", type=port_number, default=7777)
     upstream.add_argument("--name", required=True, help="instance name, shown in every answer")
     upstream.add_argument("--db", help="sqlite:///FILE or postgresql://... (default: in memory)")
     upstream.add_argument("--host", default="127.0.0.1")
@@ -136,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the gateway with the demo components and print curl examples")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=7777)
+    demo.add_argument("--port", type=port_number, default=7777)
     demo.set_defaults(handler=cmd_demo)
     return root
 

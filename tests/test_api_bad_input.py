@@ -83,10 +83,25 @@ async def test_a_body_that_is_not_an_object_is_422(client) -> None:
     assert response.status_code == 422
 
 
-async def test_broken_media_is_422(client) -> None:
-    response = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "images": [{"no": "content"}]})
+@pytest.mark.parametrize(
+    "media, named",
+    [
+        ({"images": [{"no": "content"}]}, "images[0]: not an agno Image"),
+        ({"images": [{"url": "https://example.com/a.png"}, {"url": None}]}, "images[1]: not an agno Image"),
+        ({"audio": [{"url": 5}]}, "audio[0]: not an agno Audio"),
+        ({"files": [{"filename": "a.txt"}]}, "files[0]: not an agno File"),
+    ],
+)
+async def test_broken_media_is_422_naming_the_item(client, media: dict, named: str) -> None:
+    response = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", **media})
     assert response.status_code == 422, response.text
-    assert "images" in json.dumps(response.json())
+    assert response.json()["detail"].startswith(named), response.json()
+
+
+async def test_a_media_item_that_is_not_an_object_is_422(client) -> None:
+    response = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "images": [5]})
+    assert response.status_code == 422, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "images", 0]]
 
 
 async def test_declared_body_over_the_limit_is_413(client) -> None:

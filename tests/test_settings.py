@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_gateway_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GATEWAY_CONFIG", "GATEWAY_PORT", "GATEWAY_LOCAL__AGENTS", "GATEWAY_MAX_BODY_BYTES"):
-        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.upper().startswith("GATEWAY_"):  # pydantic-settings reads them in any case
+            monkeypatch.delenv(name)
 
 
 def test_no_file_serves_the_demo() -> None:
@@ -69,6 +71,46 @@ def test_bad_field_is_named(tmp_path: Path, text: str, named: str) -> None:
     lines = str(raised.value).splitlines()
     assert len(lines) == 1
     assert f": {named}: " in lines[0]
+
+
+@pytest.mark.parametrize(
+    "name, value, field",
+    [
+        ("GATEWAY_PORT", "seventy", "port"),
+        ("gateway_port", "70000", "port"),  # read in any case: named as it is spelled
+        ("GATEWAY_MAX_BODY_BYTES", "0", "max_body_bytes"),
+        ("GATEWAY_LOCAL__AGENTS", "5", "local.agents"),
+        ("GATEWAY_LOCAL__AGENTS", "[5]", "local.agents.0"),
+        ("GATEWAY_LOCAL__AGENT", "[]", "local.agent"),
+        ("GATEWAY_LOCAL", '{"agents": 5}', "local.agents"),
+        ("GATEWAY_LOCAL__AGENTS", "not json", "local"),
+    ],
+)
+def test_a_bad_env_value_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, field: str
+) -> None:
+    path = write(tmp_path, "port: 8080\nmax_body_bytes: 2048\nlocal:\n  agents: []\n")  # all good
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    (line,) = str(raised.value).splitlines()
+    assert line.startswith(f"{name}: {field}: "), line
+    assert str(path) not in line
+
+
+def test_each_line_names_its_own_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "port: seventy\nmax_body_bytes: 0\nlocal:\n  teams: 'x'\n")
+    monkeypatch.setenv("GATEWAY_PORT", "9090")  # a good value over the file's bad one: no error
+    monkeypatch.setenv("GATEWAY_MAX_BODY_BYTES", "-1")
+    monkeypatch.setenv("GATEWAY_LOCAL__AGENTS", "5")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    sources = {tuple(line.split(": ")[:2]) for line in str(raised.value).splitlines()}
+    assert sources == {
+        ("GATEWAY_LOCAL__AGENTS", "local.agents"),
+        ("GATEWAY_MAX_BODY_BYTES", "max_body_bytes"),
+        (str(path), "local.teams"),
+    }
 
 
 def test_every_bad_field_gets_its_own_line(tmp_path: Path) -> None:
@@ -136,6 +178,22 @@ def test_serve_with_a_bad_local_entity_fails_at_start(tmp_path: Path) -> None:
     result = _run_cli("serve", "--config", str(write(tmp_path, "local:\n  teams: ['nowhere:team']\n")))
     assert result.returncode == 2
     assert "local.teams[0]" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command, port, message",
+    [
+        ("serve", "70000", "70000 is not a port number (0-65535)"),
+        ("serve", "-1", "-1 is not a port number"),
+        ("serve", "http", "'http' is not a port number"),
+        ("upstream --name x", "65536", "65536 is not a port number"),
+        ("demo", "99999", "99999 is not a port number"),
+    ],
+)
+def test_a_bad_port_option_fails_at_start_naming_it(command: str, port: str, message: str) -> None:
+    result = _run_cli(*command.split(), "--port", port)
+    assert result.returncode == 2, result.stderr
+    assert f"argument --port: {message}" in result.stderr
 
 
 async def test_a_configured_gateway_serves_what_the_file_says(tmp_path: Path, log_dir: Path) -> None:

@@ -40,6 +40,12 @@ FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-language", "x-req
 CANCEL_TIMEOUT_S = 5.0
 
 
+class UpstreamLost(Exception):
+    """A run's upstream stream ended early (cut, silent too long, past its deadline)."""
+
+    type = "UpstreamError"  # what an error event's error_type says, as agno's own errors do
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What the gateway knows of a run before its first frame: enough to cancel it and to end
@@ -52,7 +58,7 @@ class RunInfo:
 
     def error_frame(self, message: str) -> bytes:
         event = self.kind.error_event(
-            message, entity_id=self.entity_id, run_id=self.run_id, session_id=self.session_id, error_type="UpstreamError"
+            UpstreamLost(message), entity_id=self.entity_id, run_id=self.run_id, session_id=self.session_id
         )
         return format_frame(event).encode()
 

@@ -2,7 +2,9 @@
 
 Each request runs on a fresh copy of the component through ``AgentOSRunner``, so the library and
 the service cannot drift. Streams are AgentOS's exact frames; a run that fails in the model stays
-a 200 with ``status: ERROR`` or an in-band error event, as AgentOS answers.
+a 200 with ``status: ERROR`` or an in-band error event, as AgentOS answers. A run whose ``arun``
+itself raises answers as AgentOS does too: one in-band error event ending a stream; without a
+stream, 400 for agno's ``InputCheckError``, else the app's error handler (500, the type only).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from typing import Any, AsyncIterator, Dict
 from uuid import uuid4
 
+from agno.exceptions import InputCheckError
 from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -78,11 +81,7 @@ async def stream_frames(
             return
         logger.exception("local %s run %s failed", kind.name.lower(), entity_id)
         event = kind.error_event(
-            str(error),
-            entity_id=entity_id,
-            run_id=params.get("run_id"),
-            session_id=params.get("session_id"),
-            error_type=type(error).__name__,
+            error, entity_id=entity_id, run_id=params.get("run_id"), session_id=params.get("session_id")
         )
         yield format_frame(event)
 
@@ -102,6 +101,8 @@ async def run_locally(
         output = await until_disconnected(request, runner.arun(input, stream=False, **params))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except InputCheckError as error:  # a refused input is the caller's error, as AgentOS answers
+        raise HTTPException(status_code=400, detail=str(error)) from None
     return JSONResponse(jsonable_encoder(output.to_dict()))
 
 

@@ -24,22 +24,30 @@ def media_to_dicts(items: Optional[Sequence[Any]]) -> Optional[List[Dict[str, An
 
 
 def media_from_dicts(field: str, dicts: Optional[List[Dict[str, Any]]]) -> Optional[List[Any]]:
-    """agno media objects from wire dicts; ``ValueError`` names the field when any item is broken."""
+    """agno media objects from wire dicts; ``ValueError`` names the first broken item
+    (``images[1]: ...``): a run never starts with part of its media silently dropped."""
     if not dicts:
         return None
     from agno.utils.media import reconstruct_audio_list, reconstruct_files, reconstruct_images, reconstruct_videos
 
-    reconstruct = {
-        "images": reconstruct_images,
-        "audio": reconstruct_audio_list,
-        "videos": reconstruct_videos,
-        "files": reconstruct_files,
+    reconstruct, noun = {
+        "images": (reconstruct_images, "Image"),
+        "audio": (reconstruct_audio_list, "Audio"),
+        "videos": (reconstruct_videos, "Video"),
+        "files": (reconstruct_files, "File"),
     }[field]
-    # A storage reference from a request would let a caller name any object the server can read.
-    cleaned = [{k: v for k, v in item.items() if k != "media_reference"} for item in dicts]
-    rebuilt = reconstruct(cleaned) or []
-    if len(rebuilt) != len(dicts):
-        raise ValueError(f"{field}: could not reconstruct every media item")
+    rebuilt: List[Any] = []
+    for index, item in enumerate(dicts):
+        # A storage reference from a request would let a caller name any object the server can read.
+        cleaned = {key: value for key, value in item.items() if key != "media_reference"}
+        # agno's reconstruct skips a broken item (logging why), so one at a time says which.
+        items = reconstruct([cleaned]) or []
+        if len(items) != 1:
+            raise ValueError(
+                f"{field}[{index}]: not an agno {noun}: give url, filepath or base64 content, "
+                f"and only {noun}'s fields"
+            )
+        rebuilt.extend(items)
     return rebuilt
 
 

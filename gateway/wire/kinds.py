@@ -79,14 +79,24 @@ class EntityKind(enum.Enum):
         return self.value.event_from_dict(dict(data))
 
     def error_event(
-        self, message: str, *, entity_id: str, run_id: Optional[str], session_id: Optional[str], error_type: str
+        self, error: BaseException, *, entity_id: str, run_id: Optional[str], session_id: Optional[str]
     ) -> BaseRunOutputEvent:
-        """The in-band event that ends a stream whose run failed outside the model."""
-        fields: Dict[str, Any] = {"run_id": run_id, "session_id": session_id, "error_type": error_type}
+        """The in-band event that ends a stream whose run failed outside the model.
+
+        The error's identity is AgentOS's: ``error_type``, ``error_id`` and ``additional_data``
+        only from agno's own exceptions (``InputCheckError``...), never a Python class name.
+        """
+        fields: Dict[str, Any] = {
+            "run_id": run_id,
+            "session_id": session_id,
+            "error_type": getattr(error, "type", None),
+            "error_id": getattr(error, "error_id", None),
+            "additional_data": getattr(error, "additional_data", None),
+        }
         if self is EntityKind.WORKFLOW:
-            fields.update(workflow_id=entity_id, error=message)
+            fields.update(workflow_id=entity_id, error=str(error))
         else:
-            fields.update({self.value.id_field: entity_id, "content": message})
+            fields.update({self.value.id_field: entity_id, "content": str(error)})
         return self.value.error_event(**fields)
 
 
