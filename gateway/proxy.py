@@ -230,8 +230,7 @@ class Proxy:
         if response.status == 503:  # overloaded or draining: it answered at once, so it did not run it
             answer = await _buffered(response)
             raise self._failed(upstream, Outcome.SERVER_ERROR, 503, "unavailable", retryable=True, answer=answer)
-        self.pool.record(upstream, Outcome.SERVER_ERROR if response.status >= 500 else Outcome.SUCCESS)
-        return response
+        return response  # its outcome is recorded once the answer has been passed on
 
     def _failed(
         self, upstream: Upstream, outcome: Outcome, status: int, detail: str, *, retryable: bool,
@@ -331,6 +330,7 @@ class StreamRelay(Response):
         keepalive_s = self.timeouts.keepalive_s
         last_data = last_sent = loop.time()
         failure: Optional[Tuple[Outcome, str]] = None
+        at_frame_end = True
         try:
             while True:
                 now = loop.time()
@@ -355,9 +355,15 @@ class StreamRelay(Response):
                     break
                 detector.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                at_frame_end = chunk.endswith(b"\n\n")
                 last_data = last_sent = loop.time()
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
             failure = (Outcome.CONNECT_ERROR, f"the connection was lost mid-stream ({type(error).__name__})")
+            salvaged = _salvage(content)
+            if salvaged:
+                detector.feed(salvaged)
+                await send({"type": "http.response.body", "body": salvaged, "more_body": True})
+                at_frame_end = salvaged.endswith(b"\n\n")
         outcome: Optional[Outcome] = Outcome.SUCCESS
         body = b""
         if failure is not None:
@@ -365,9 +371,20 @@ class StreamRelay(Response):
             name = self.opened.upstream.name
             logger.warning("stream from upstream %s ended early: %s", name, reason)
             if not detector.ended:
-                body = self.error_frame(f"Upstream {name}: {reason}")
+                # A frame cut in half is ended first, so readers skip it and read the error whole.
+                body = (b"" if at_frame_end else b"\n\n") + self.error_frame(f"Upstream {name}: {reason}")
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return outcome
+
+
+def _salvage(content: aiohttp.StreamReader) -> bytes:
+    """Bytes the upstream sent just before the connection broke: aiohttp raises the error before
+    handing out what it had buffered, so it is taken directly (nothing sent may be lost)."""
+    read_buffered = getattr(content, "_read_nowait", None)
+    try:
+        return read_buffered(-1) if read_buffered is not None else b""
+    except Exception:  # noqa: BLE001 - a best effort on a broken stream
+        return b""
 
 
 async def read_answer(opened: Opened) -> Tuple[int, bytes]:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
-from gateway.balancing import AffinityMode, Choice, choose
+from gateway.balancing import AffinityMode, Choice, Outcome, choose
 from gateway.pool import Pool, Upstream
 from gateway.proxy import (
     Flight,
@@ -139,7 +139,7 @@ class Forwarder:
         except UpstreamFailure as failure:
             flight.finish(failure.outcome)
             return failure.response()
-        flight.finish()
+        flight.finish(Outcome.SERVER_ERROR if status >= 500 else Outcome.SUCCESS)
         return Response(body, status_code=status, headers=headers)
 
     def _client_left(self, flight: Flight, run: Optional[RunInfo]) -> None:
