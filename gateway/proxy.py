@@ -42,6 +42,7 @@ UPSTREAM_HEADER = "x-agentos-gateway-upstream"
 AFFINITY_HEADER = "x-agentos-gateway-affinity"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KEEPALIVE_COMMENT = b": keepalive\n\n"
+_TIMER_SLACK_S = 0.002
 
 # Never copied from one hop to the next (RFC 9110 §7.6.1), plus what the server sets itself.
 _NOT_FORWARDED_RESPONSE_HEADERS = frozenset(
@@ -341,15 +342,17 @@ class StreamRelay(Response):
                     async with asyncio.timeout(max(0.0, wake - now)):
                         chunk = await content.readany()
                 except TimeoutError:
-                    now = loop.time()
+                    # The loop may wake a hair early (clock resolution): compare with a margin.
+                    now = loop.time() + _TIMER_SLACK_S
                     if now >= self.deadline:
                         failure = (None, f"the run took longer than {self.timeouts.run_s:g} s")  # type: ignore[assignment]
                         break
                     if now - last_data >= self.timeouts.stream_idle_s:
                         failure = (Outcome.TIMEOUT, f"no event for {self.timeouts.stream_idle_s:g} s")
                         break
-                    await send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
-                    last_sent = loop.time()
+                    if keepalive_s and now - last_sent >= keepalive_s:
+                        await send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
+                        last_sent = loop.time()
                     continue
                 if not chunk:
                     break

@@ -1,0 +1,161 @@
+"""Streams through a pool gateway: events pass as they come, client disconnects cancel the upstream
+run, cancel reaches the right upstream, keepalive comments and the idle timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Dict, List, Optional
+
+import httpx
+import pytest
+from agno.agent import RemoteAgent
+
+from tests.helpers import eventually
+from tests.pools import gateway_config, start_gateway
+
+SLOW = "slow: " + " ".join(["word"] * 40)  # one word every 0.25 s
+
+
+async def _upstream_run_status(upstreams, upstream_name: str, run_id: str, session_id: str) -> Optional[str]:
+    server = next(s for s in upstreams if s.name == upstream_name)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        response = await client.get(f"/agents/echo-agent/runs/{run_id}", params={"session_id": session_id})
+    if response.status_code != 200:
+        return None
+    return response.json().get("status")
+
+
+async def _status_eventually(upstreams, name: str, run_id: str, session_id: str, expected: str) -> None:
+    deadline = time.monotonic() + 15
+    status = None
+    while time.monotonic() < deadline:
+        status = await _upstream_run_status(upstreams, name, run_id, session_id)
+        if status == expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"run {run_id} on {name} is {status}, expected {expected}")
+
+
+async def test_slow_events_arrive_one_by_one_not_buffered(pool_gateway) -> None:
+    arrivals: List[float] = []
+    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
+        async with client.stream(
+            "POST", "/v1/agents/echo-agent/run", json={"input": "slow: a b c d e f", "stream": True}
+        ) as stream:
+            assert stream.headers["cache-control"] == "no-cache" and stream.headers["x-accel-buffering"] == "no"
+            async for line in stream.aiter_lines():
+                if line == "event: RunContent":
+                    arrivals.append(time.monotonic())
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    print(f"gaps between content events: {[round(gap * 1000) for gap in gaps]} ms (the model waits 250 ms)")
+    # A buffering proxy would hand the events over together at the end: gaps near zero.
+    assert len(arrivals) >= 6 and all(gap > 0.1 for gap in gaps[:5]), gaps
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_leaves_cancels_the_upstream_run(pool_gateway, pool_upstreams, stream: bool) -> None:
+    session_id, run_id = f"leave-{uuid.uuid4()}", str(uuid.uuid4())
+    body: Dict = {"input": SLOW, "stream": stream, "session_id": session_id, "run_id": run_id}
+    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
+        if stream:
+            async with client.stream("POST", "/v1/agents/echo-agent/run", json=body) as response:
+                upstream = response.headers["x-agentos-gateway-upstream"]
+                async for line in response.aiter_lines():
+                    if line == "event: RunContent":
+                        break  # and leave
+        else:
+            request = asyncio.create_task(client.post("/v1/agents/echo-agent/run", json=body))
+            # the run is under way on some upstream: find it there, then leave
+            upstream = await _running_on(pool_upstreams, run_id, session_id)
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+    await _status_eventually(pool_upstreams, upstream, run_id, session_id, "CANCELLED")
+
+
+async def _running_on(upstreams, run_id: str, session_id: str) -> str:
+    """The upstream whose session store shows ``run_id`` (stream runs are stored as they start)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            for server in upstreams:
+                response = await client.get(f"{server.url}/sessions/{session_id}/runs", params={"type": "agent"})
+                if response.status_code == 200 and any(run.get("run_id") == run_id for run in response.json()):
+                    return server.name
+            # a non-stream run is stored only at its end: find its upstream by hashing instead
+            from gateway.balancing import rank
+
+            return rank(session_id, [(server.name, 1.0) for server in upstreams])[0]
+    raise AssertionError("the run never showed up")
+
+
+async def test_cancel_through_the_gateway_stops_the_run_on_its_upstream(pool_gateway, pool_upstreams) -> None:
+    session_id = f"cancel-{uuid.uuid4()}"
+    seen: List[str] = []
+    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
+        async with client.stream(
+            "POST", "/v1/agents/echo-agent/run", json={"input": SLOW, "stream": True, "session_id": session_id}
+        ) as response:
+            upstream = response.headers["x-agentos-gateway-upstream"]
+            async with asyncio.timeout(20):
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    seen.append(event["event"])
+                    if seen.count("RunContent") == 1 and event["event"] == "RunContent":
+                        cancel = await client.post(f"/agents/echo-agent/runs/{event['run_id']}/cancel")
+                        assert cancel.status_code == 200 and cancel.json() == {}
+                        run_id = event["run_id"]
+    assert "RunCancelled" in seen and seen.count("RunContent") < 40
+    await _status_eventually(pool_upstreams, upstream, run_id, session_id, "CANCELLED")
+
+
+async def test_cancel_of_a_run_the_gateway_did_not_start_reaches_every_upstream(pool_gateway, pool_upstreams) -> None:
+    """A run started on an upstream directly: the gateway does not know where it is, so the cancel
+    goes to every upstream serving the agent."""
+    direct = pool_upstreams[1]
+    agent = RemoteAgent(base_url=direct.url, agent_id="echo-agent")
+    seen: List[str] = []
+    async with asyncio.timeout(20):
+        async for event in agent.arun(SLOW, stream=True, stream_events=True):
+            seen.append(event.event)
+            if event.event == "RunContent" and seen.count("RunContent") == 1:
+                async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=10) as client:
+                    cancel = await client.post(f"/agents/echo-agent/runs/{event.run_id}/cancel")
+                assert cancel.status_code == 200
+    assert "RunCancelled" in seen
+
+
+@pytest.fixture(scope="module")
+def quiet_gateway(log_dir, pool_upstreams):
+    """Keepalive comments every 0.1 s, streams ended after 0.6 s of silence."""
+    config = gateway_config(pool_upstreams, timeouts={"keepalive_s": 0.1, "stream_idle_s": 0.6})
+    server = start_gateway("quiet-gateway", config, log_dir)
+    yield server
+    server.stop()
+
+
+async def test_keepalive_comments_fill_silences_and_agnos_client_skips_them(quiet_gateway) -> None:
+    async with httpx.AsyncClient(base_url=quiet_gateway.url, timeout=30) as client:
+        response = await client.post("/v1/agents/echo-agent/run", json={"input": "slow: a b c", "stream": True})
+    assert ": keepalive" in response.text.splitlines()
+    assert "event: RunCompleted" in response.text
+    events = [e.event async for e in RemoteAgent(base_url=quiet_gateway.url, agent_id="echo-agent").arun("slow: a b", stream=True)]
+    assert events[-1] == "RunCompleted"
+
+
+async def test_a_stream_silent_past_the_idle_timeout_ends_with_an_error_event(log_dir, pool_upstreams) -> None:
+    config = gateway_config(pool_upstreams, timeouts={"keepalive_s": 0, "stream_idle_s": 0.1})
+    server = await asyncio.to_thread(start_gateway, "idle-gateway", config, log_dir)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            response = await client.post("/v1/teams/echo-team/run", json={"input": "slow: a b c", "stream": True})
+        frames = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+        assert frames[-1]["event"] == "TeamRunError" and "no event for 0.1 s" in frames[-1]["content"]
+        assert ": keepalive" not in response.text
+    finally:
+        server.stop()
