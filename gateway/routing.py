@@ -47,6 +47,13 @@ class Directory:
             return local
         return Remote(upstreams) if upstreams else None
 
+    def unknown_membership(self) -> List[str]:
+        """Upstreams that never said what they serve (down since the gateway started): an id
+        nobody is known to serve may be theirs, so it is not surely unknown (503, not 404)."""
+        if self.pool is None:
+            return []
+        return [upstream.name for upstream in self.pool.upstreams.values() if upstream.catalog is None]
+
     def conflicts(self) -> List[str]:
         """One line per id served both locally and by an upstream."""
         if self.pool is None:

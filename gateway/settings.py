@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     affinity: AffinitySettings = Field(default_factory=AffinitySettings)
     max_connections_per_upstream: int = Field(1000, ge=1, description="aiohttp keep-alive pool size")
+    admin_key: Optional[str] = Field(
+        None, min_length=16, repr=False, description="Bearer key of /admin; unset: the admin API is off"
+    )
 
     @field_validator("upstreams")
     @classmethod

@@ -6,12 +6,15 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import httpx
 import yaml
 
 from tests.processes import Server, start_server
 
 # Fast probes, so state changes show within a second or two.
 FAST_HEALTH = {"interval_s": 0.5, "timeout_s": 0.5, "jitter_percent": 0, "healthy_threshold": 2, "unhealthy_threshold": 2}
+
+ADMIN_KEY = "test-admin-key-0123456789"
 
 _INSTANCE = re.compile(r"\[instance=(?P<name>\S+) history=(?P<history>\d+)\]")
 
@@ -35,6 +38,7 @@ def gateway_config(
             for server in upstreams
         ],
         "health": FAST_HEALTH,
+        "admin_key": ADMIN_KEY,
     }
     for key, value in settings.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
@@ -55,3 +59,11 @@ def answered_by(content: str) -> Tuple[str, int]:
     match = _INSTANCE.search(content)
     assert match, f"no instance suffix in {content!r}"
     return match["name"], int(match["history"])
+
+
+async def upstream_states(gateway: Server) -> Dict[str, Dict[str, Any]]:
+    """``GET /admin/upstreams`` of a gateway, by upstream name."""
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        response = await client.get("/admin/upstreams", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    response.raise_for_status()
+    return {upstream["name"]: upstream for upstream in response.json()}

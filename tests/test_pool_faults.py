@@ -15,7 +15,7 @@ import pytest
 
 from gateway.balancing import rank
 from tests.helpers import eventually
-from tests.pools import FAST_HEALTH, answered_by, gateway_config, start_gateway, start_upstreams
+from tests.pools import FAST_HEALTH, answered_by, gateway_config, start_gateway, start_upstreams, upstream_states
 from tests.processes import Server, restart
 
 SLOW_WORDS = 40  # a slow: run streams one word every 0.25 s: 10 s, far longer than these tests wait
@@ -203,7 +203,10 @@ async def test_a_hung_upstream_times_out_is_ejected_and_returns(hangable) -> Non
                 assert time.monotonic() < deadline, "the hung upstream was never taken out"
             unaffected = await _run(client, fine)
             assert unaffected.status_code == 200 and unaffected.headers["x-agentos-gateway-affinity"] == "hit"
-            await eventually(lambda: "upstream hang-b is unhealthy" in gateway.log(), what="probes mark it down")
+            deadline = time.monotonic() + 15
+            while (await upstream_states(gateway))["hang-b"]["state"] != "unhealthy":
+                assert time.monotonic() < deadline, "probes never marked the hung upstream down"
+                await asyncio.sleep(0.05)
         finally:
             os.kill(servers["hang-b"].process.pid, signal.SIGCONT)
 

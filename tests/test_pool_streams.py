@@ -14,7 +14,7 @@ import pytest
 from agno.agent import RemoteAgent
 
 from tests.helpers import eventually
-from tests.pools import gateway_config, start_gateway
+from tests.pools import ADMIN_KEY, gateway_config, start_gateway, upstream_states
 
 SLOW = "slow: " + " ".join(["word"] * 40)  # one word every 0.25 s
 
@@ -68,28 +68,58 @@ async def test_a_client_that_leaves_cancels_the_upstream_run(pool_gateway, pool_
                         break  # and leave
         else:
             request = asyncio.create_task(client.post("/v1/agents/echo-agent/run", json=body))
-            # the run is under way on some upstream: find it there, then leave
-            upstream = await _running_on(pool_upstreams, run_id, session_id)
+            upstream = await _in_flight_on(pool_gateway)  # the gateway has handed the run over
             request.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await request
     await _status_eventually(pool_upstreams, upstream, run_id, session_id, "CANCELLED")
 
 
-async def _running_on(upstreams, run_id: str, session_id: str) -> str:
-    """The upstream whose session store shows ``run_id`` (stream runs are stored as they start)."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            for server in upstreams:
-                response = await client.get(f"{server.url}/sessions/{session_id}/runs", params={"type": "agent"})
-                if response.status_code == 200 and any(run.get("run_id") == run_id for run in response.json()):
-                    return server.name
-            # a non-stream run is stored only at its end: find its upstream by hashing instead
-            from gateway.balancing import rank
+async def _in_flight_on(gateway) -> str:
+    """The one upstream with a request in flight, once there is one."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        busy = [name for name, state in (await upstream_states(gateway)).items() if state["in_flight"]]
+        if busy:
+            assert len(busy) == 1, busy
+            return busy[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError("the run never went in flight")
 
-            return rank(session_id, [(server.name, 1.0) for server in upstreams])[0]
-    raise AssertionError("the run never showed up")
+
+async def test_drain_moves_new_work_away_and_undrain_brings_it_back(pool_gateway) -> None:
+    session_id = f"drain-{uuid.uuid4()}"
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
+        home = (await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": session_id}))
+        name = home.headers["x-agentos-gateway-upstream"]
+        drained = await client.post(f"/admin/upstreams/{name}/drain", headers=admin)
+        try:
+            assert drained.status_code == 200 and drained.json()["draining"] is True
+            away = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": session_id})
+            assert away.headers["x-agentos-gateway-upstream"] != name
+            assert away.headers["x-agentos-gateway-affinity"] == "moved"
+        finally:
+            undrained = await client.post(f"/admin/upstreams/{name}/undrain", headers=admin)
+        assert undrained.json()["draining"] is False
+        back = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": session_id})
+        assert back.headers["x-agentos-gateway-upstream"] == name
+        assert back.headers["x-agentos-gateway-affinity"] == "hit"
+
+
+@pytest.mark.parametrize("headers, status", [({}, 401), ({"Authorization": "Bearer wrong-key-0123456789"}, 401)])
+async def test_the_admin_api_needs_its_key(pool_gateway, headers, status) -> None:
+    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=10) as client:
+        response = await client.get("/admin/upstreams", headers=headers)
+        unknown = await client.post("/admin/upstreams/nope/drain", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert response.status_code == status and "detail" in response.json()
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "No upstream named 'nope'"}
+
+
+async def test_the_admin_api_is_off_without_a_key(gateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        response = await client.get("/admin/upstreams", headers={"Authorization": "Bearer anything-at-all"})
+    assert response.status_code == 403 and "admin_key" in response.json()["detail"]
 
 
 async def test_cancel_through_the_gateway_stops_the_run_on_its_upstream(pool_gateway, pool_upstreams) -> None:

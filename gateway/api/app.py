@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from gateway import __version__
 from gateway.api.body_limit import BodyLimitMiddleware
+from gateway.api.admin import admin_router
 from gateway.api.catalog import catalog_router
 from gateway.api.forwarding import Forwarder
 from gateway.api.runs import runs_router
@@ -97,4 +98,5 @@ def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalR
     app.include_router(runs_router(services.directory, forwarder))
     app.include_router(catalog_router(settings, registry, services.directory, forwarder))
     app.include_router(sessions_router(services.directory, forwarder))
+    app.include_router(admin_router(settings, pool))
     return app

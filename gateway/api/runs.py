@@ -27,6 +27,7 @@ from gateway.routing import Directory, Remote, Target
 from gateway.wire.encoding import v1_json_to_form
 from gateway.wire.kinds import ENTITY_ID_PATTERN, EntityKind, is_valid_entity_id
 
+RETRY_AFTER_UNKNOWN_S = 5
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # AgentOS's answer to a run request that is not a form (it reads the form field ``message``).
 MESSAGE_MISSING = {"detail": [{"type": "missing", "loc": ["body", "message"], "msg": "Field required", "input": None}]}
@@ -38,6 +39,13 @@ def resolve(directory: Directory, kind: EntityKind, entity_id: str) -> Target:
         raise HTTPException(status_code=400, detail=f"Invalid id: must match {ENTITY_ID_PATTERN.pattern}")
     target = directory.resolve(kind, entity_id)
     if target is None:
+        silent = directory.unknown_membership()
+        if silent:
+            raise HTTPException(
+                status_code=503,
+                detail=f"No upstream available: {', '.join(silent)} not reachable yet",
+                headers={"Retry-After": str(RETRY_AFTER_UNKNOWN_S)},
+            )
         raise HTTPException(status_code=404, detail=kind.spec.not_found)
     return target
 
