@@ -95,3 +95,32 @@ async def test_an_upstream_down_from_the_start(log_dir, pool_upstreams) -> None:
         assert states["pool-a"]["state"] == "healthy" and states["pool-a"]["entities"]["agents"] == ["echo-agent"]
     finally:
         gateway.stop()
+
+
+async def test_strict_affinity_never_moves_a_session(log_dir, pool_upstreams) -> None:
+    import asyncio
+    import time
+
+    from gateway.balancing import rank
+    from tests.pools import start_upstreams
+
+    (leaving,) = start_upstreams(["strict-b"], log_dir)
+    config = gateway_config([pool_upstreams[0], leaving], affinity={"mode": "strict"})
+    names = [("pool-a", 1.0), ("strict-b", 1.0)]
+    homeless = next(f"strict-{i}" for i in range(100) if rank(f"strict-{i}", names)[0] == "strict-b")
+    housed = next(f"strict-{i}" for i in range(100) if rank(f"strict-{i}", names)[0] == "pool-a")
+    gateway = start_gateway("strict-gateway", config, log_dir)
+    try:
+        leaving.stop()
+        deadline = time.monotonic() + 15
+        while (await upstream_states(gateway))["strict-b"]["state"] != "unhealthy":
+            assert time.monotonic() < deadline, "strict-b never went down"
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            stuck = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": homeless})
+            fine = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": housed})
+        assert stuck.status_code == 503 and int(stuck.headers["retry-after"]) >= 1
+        assert fine.status_code == 200 and fine.headers["x-agentos-gateway-affinity"] == "hit"
+    finally:
+        gateway.stop()
+        leaving.stop()

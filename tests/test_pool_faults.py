@@ -260,6 +260,8 @@ class FaultyUpstream:
                     self._json(writer, b'{"status":"ok","instantiated_at":"2026-01-01T00:00:00Z"}')
                 elif path.startswith(b"/config"):
                     self._json(writer, self.CONFIG)
+                elif b"busy" in body:
+                    self._json(writer, b'{"detail":"busy"}', status=b"503 Service Unavailable")
                 elif b"garbage" in body:
                     writer.write(b"this is not HTTP\r\n\r\n")
                     await writer.drain()
@@ -283,9 +285,9 @@ class FaultyUpstream:
             writer.close()
 
     @staticmethod
-    def _json(writer: asyncio.StreamWriter, body: bytes) -> None:
+    def _json(writer: asyncio.StreamWriter, body: bytes, status: bytes = b"200 OK") -> None:
         writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + b"\r\n\r\n" + body
         )
 
@@ -331,3 +333,33 @@ async def test_garbage_and_cut_answers_are_502_or_an_in_band_error_then_ejection
         assert ejected.status_code == 503, ejected.text
         assert int(ejected.headers["retry-after"]) >= 1
     assert "upstream faulty ejected for 60.0 s" in faulty.log()
+
+
+@pytest.fixture
+async def faulty_and_fine(log_dir, pool_upstreams):
+    upstream = FaultyUpstream()
+    await upstream.start()
+    fine = pool_upstreams[0]
+    config = {
+        "upstreams": [{"name": "faulty", "url": upstream.url}, {"name": fine.name, "url": fine.url}],
+        "health": FAST_HEALTH,
+    }
+    gateway = await asyncio.to_thread(start_gateway, "faulty-and-fine-gateway", config, log_dir)
+    names = [("faulty", 1.0), (fine.name, 1.0)]
+    session_id = next(f"f-{i}" for i in range(100) if rank(f"f-{i}", names)[0] == "faulty")
+    yield gateway, session_id, fine.name
+    gateway.stop()
+    await upstream.close()
+
+
+async def test_an_immediate_503_is_retried_on_the_next_upstream_but_a_sent_request_never(faulty_and_fine) -> None:
+    gateway, session_id, fine = faulty_and_fine
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        busy = await _run(client, session_id, "busy now")
+        # the faulty upstream said 503 at once: it did not run it, so the next one did
+        assert busy.status_code == 200, busy.text
+        assert busy.headers["x-agentos-gateway-upstream"] == fine
+        assert busy.headers["x-agentos-gateway-affinity"] == "moved"
+        # a garbage answer came after the request was sent: the run may have started, no retry
+        garbage = await _run(client, session_id, "garbage now")
+        assert garbage.status_code == 502 and garbage.headers.get("x-agentos-gateway-upstream") is None
