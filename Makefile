@@ -1,4 +1,4 @@
-# make demo: set up and run the gateway with the demo agents on http://localhost:7777
+# make demo: set up and run two demo AgentOS upstreams and the gateway in front of them on http://localhost:7777
 # make test: set up and run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -19,7 +19,7 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(INSTALLED)
-	$(BIN)/agentos-gateway demo
+	$(BIN)/agentos-gateway demo --upstreams 2
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q

@@ -1,8 +1,9 @@
-"""``agentos-gateway``: serve the gateway, run a demo AgentOS upstream, or run the demo.
+"""``agentos-gateway``: serve the gateway, check a config, run a demo AgentOS upstream, or the demo.
 
     agentos-gateway serve [--config FILE] [--host H] [--port 7777]
+    agentos-gateway check-config [FILE]
     agentos-gateway upstream --name NAME [--port 7777] [--db sqlite:///FILE]
-    agentos-gateway demo [--port 7777]
+    agentos-gateway demo [--upstreams 2] [--port 7777] [--upstream-base-port 7778]
 
 ``--fd N`` (serve, upstream) listens on an inherited, already-bound socket instead of binding:
 socket activation, and race-free ports for tests.
@@ -11,14 +12,19 @@ socket activation, and race-free ports for tests.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
+import signal
 import sys
-from typing import Any, List, Optional
+from typing import Any, List, NoReturn, Optional
 
 # Before agno is imported anywhere: runs would otherwise post telemetry to the network.
 os.environ.setdefault("AGNO_TELEMETRY", "false")
 
 EXIT_CONFIG_ERROR = 2
+EXIT_START_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 MAX_PORT = 65535
 
 
@@ -58,6 +64,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _fail_config(error)
     _serve_app(app, host=settings.host, port=settings.port, fd=args.fd)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.check import check_config
+
+    # The pool's own warnings (an upstream down, GET /config failing) say why, on stderr.
+    logging.basicConfig(level=logging.WARNING, format="agentos-gateway: %(message)s")
+    report = asyncio.run(check_config(args.file))
+    if report.lines:
+        print("\n".join(report.lines), flush=True)
+    if not report.ok:
+        return _fail_config("\n".join(report.errors))
     return 0
 
 
@@ -112,8 +131,54 @@ agentos-gateway demo: http://{host}:{port} serves echo-agent, echo-team and echo
   curl -s http://{host}:{port}/config
 """
 
+POOL_DEMO_HEADER = """\
+agentos-gateway demo: http://{host}:{port} is a gateway in front of {count} AgentOS upstream(s):
+{upstreams}
+Each serves echo-agent, echo-team and echo-workflow (an offline deterministic model: 'a op b' is
+computed, anything else echoed). Every answer ends with [instance=NAME history=H]: the upstream
+that ran it, and how many history messages it saw. `curl -i` shows the headers
+x-agentos-gateway-upstream (who answered) and x-agentos-gateway-affinity (hit: the session's own
+upstream; moved: it failed over; new: the gateway made the session id). Paste these:
+"""
+
+POOL_DEMO_LINES = """
+  # {sessions}
+  curl -si {url}/v1/agents/echo-agent/run -H 'content-type: application/json' \\
+       -d '{{"input": "what is 6 * 7", "session_id": "{first}"}}'
+  curl -si {url}/v1/agents/echo-agent/run -H 'content-type: application/json' \\
+       -d '{{"input": "what is 2 + 3", "session_id": "{second}"}}'
+
+  # {first} again: the same upstream, and the answer ends with history=2 (the first exchange)
+  curl -si {url}/v1/agents/echo-agent/run -H 'content-type: application/json' \\
+       -d '{{"input": "hello again", "session_id": "{first}"}}'
+
+  # streamed as server-sent events, word by word (a new session: any upstream may take it)
+  curl -N {url}/v1/agents/echo-agent/run -H 'content-type: application/json' \\
+       -d '{{"input": "slow: one two three", "stream": true}}'
+
+  # a team whose leader delegates to its member
+  curl -s {url}/v1/teams/echo-team/run -H 'content-type: application/json' \\
+       -d '{{"input": "delegate: 3 + 4"}}'
+
+  # what is served, merged from every upstream, in AgentOS's shape
+  curl -s {url}/config
+
+Ctrl-C stops the gateway and its {count} upstream(s).
+"""
+
+
+def _shown_host(host: str) -> str:
+    return "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.upstreams == 0:
+        return _demo_in_process(args)
+    return _demo_with_upstreams(args)
+
+
+def _demo_in_process(args: argparse.Namespace) -> int:
+    """The demo components served by the gateway itself."""
     from gateway.api.app import create_app
     from gateway.settings import ConfigError, load_settings
 
@@ -122,10 +187,92 @@ def cmd_demo(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except ConfigError as error:
         return _fail_config(error)
-    shown_host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
-    print(DEMO_LINES.format(host=shown_host, port=args.port), flush=True)
+    print(DEMO_LINES.format(host=_shown_host(args.host), port=args.port), flush=True)
     _serve_app(app, host=args.host, port=args.port, fd=None)
     return 0
+
+
+def _exit_on_signal(signum: int, frame: Any) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+def _demo_with_upstreams(args: argparse.Namespace) -> int:
+    """N real upstream processes, then the gateway in front of them; both stop together."""
+    from gateway.demo.upstreams import (
+        DemoStartError,
+        UpstreamProcesses,
+        listening_socket,
+        upstream_names,
+        upstream_ports,
+    )
+
+    # SIGTERM (and a closed terminal) must unwind through the ``with`` that stops the children:
+    # uvicorn restores this handler after its graceful shutdown and raises the signal again.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
+    try:
+        gateway_socket = listening_socket(args.host, args.port)
+    except OSError as error:
+        reason = error.strerror or error
+        print(f"agentos-gateway demo: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return EXIT_START_FAILED
+    port = gateway_socket.getsockname()[1]
+    names = upstream_names(args.upstreams)
+    try:
+        with gateway_socket, UpstreamProcesses() as children:
+            for name, upstream_port in zip(names, upstream_ports(port, args.upstream_base_port, len(names))):
+                children.start(name, args.host, upstream_port)
+            children.wait_until_up()
+            try:
+                app = _pool_demo_app(args.host, port, children.children)
+            except ValueError as error:  # ConfigError, or a GATEWAY_* variable pydantic refused
+                return _fail_config(error)
+            print(_pool_demo_lines(_shown_host(args.host), port, children.children), flush=True)
+            _serve_app(app, host=args.host, port=port, fd=gateway_socket.fileno())
+    except DemoStartError as error:
+        print(f"agentos-gateway demo: {error}", file=sys.stderr)
+        return EXIT_START_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _pool_demo_app(host: str, port: int, children: List[Any]) -> Any:
+    """The gateway in front of ``children``, nothing local (so no id is served twice)."""
+    from gateway.api.app import create_app
+    from gateway.settings import LocalEntities, Settings, UpstreamConfig
+
+    upstreams = [UpstreamConfig(name=child.name, url=child.url, weight=1.0) for child in children]
+    return create_app(Settings(host=host, port=port, upstreams=upstreams, local=LocalEntities()))
+
+
+def _pool_demo_lines(host: str, port: int, children: List[Any]) -> str:
+    from gateway.demo.upstreams import sessions_on_different_upstreams
+
+    (first, first_home), (second, second_home) = sessions_on_different_upstreams([c.name for c in children])
+    if first_home != second_home:
+        sessions = f"session {first} lives on {first_home}, session {second} on {second_home} (rendezvous hashing)"
+    else:
+        sessions = f"sessions {first} and {second} both live on {first_home}, the only upstream"
+    listing = "\n".join(f"  {c.name}  {c.url}  (pid {c.process.pid})" for c in children)
+    header = POOL_DEMO_HEADER.format(host=host, port=port, count=len(children), upstreams=listing)
+    lines = POOL_DEMO_LINES.format(
+        url=f"http://{host}:{port}", sessions=sessions, first=first, second=second, count=len(children)
+    )
+    return header + lines
+
+
+def upstream_count(text: str) -> int:
+    """``--upstreams``' type: 0 (the demo in-process) up to one per letter (os-a ... os-z)."""
+    from gateway.demo.upstreams import MAX_UPSTREAMS
+
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= count <= MAX_UPSTREAMS:
+        raise argparse.ArgumentTypeError(f"{count} is not between 0 and {MAX_UPSTREAMS}")
+    return count
 
 
 def parser() -> argparse.ArgumentParser:
@@ -139,6 +286,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--fd", type=int, help="serve on this inherited listening socket")
     serve.set_defaults(handler=cmd_serve)
 
+    check = commands.add_parser(
+        "check-config", help="validate a config, probe its upstreams once, and print the routing table"
+    )
+    check.add_argument("file", nargs="?", help="gateway.yaml (default: $GATEWAY_CONFIG, else the demo components)")
+    check.set_defaults(handler=cmd_check_config)
+
     upstream = commands.add_parser("upstream", help="run a real AgentOS serving the demo components")
     upstream.add_argument("--port", type=port_number, default=7777)
     upstream.add_argument("--name", required=True, help="instance name, shown in every answer")
@@ -147,9 +300,19 @@ def parser() -> argparse.ArgumentParser:
     upstream.add_argument("--fd", type=int, help="serve on this inherited listening socket")
     upstream.set_defaults(handler=cmd_upstream)
 
-    demo = commands.add_parser("demo", help="run the gateway with the demo components and print curl examples")
+    demo = commands.add_parser(
+        "demo", help="run demo upstreams and the gateway in front of them, and print curl examples"
+    )
+    demo.add_argument(
+        "--upstreams", type=upstream_count, default=2,
+        help="how many AgentOS upstreams to start (os-a, os-b, ...); 0: the demo components in-process",
+    )  # fmt: skip
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=port_number, default=7777)
+    demo.add_argument("--port", type=port_number, default=7777, help="the gateway's port (0: any free one)")
+    demo.add_argument(
+        "--upstream-base-port", type=port_number,
+        help="the first upstream's port, the next ones after it (default: the gateway's port + 1; 0: any free ones)",
+    )  # fmt: skip
     demo.set_defaults(handler=cmd_demo)
     return root
 
