@@ -171,7 +171,7 @@ def load_settings(path: Optional[os.PathLike[str] | str] = None) -> Settings:
     try:
         return Settings(**values)
     except ValidationError as error:
-        raise ConfigError(_describe(error, otherwise=otherwise)) from None
+        raise ConfigError(_describe(error, otherwise=otherwise, values=values)) from None
     except SettingsError as error:  # an env value that is not JSON where JSON is needed
         raise ConfigError(_describe_unparsable(error)) from None
 
@@ -219,12 +219,25 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return values
 
 
-def _describe(error: ValidationError, *, otherwise: str) -> str:
+def _describe(error: ValidationError, *, otherwise: str, values: Dict[str, Any]) -> str:
     lines = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "(root)"
-        lines.append(f"{_env_source(item['loc']) or otherwise}: {field}: {item['msg']}")
+        source = _upstream_env_source(item["loc"], values) or _env_source(item["loc"]) or otherwise
+        lines.append(f"{source}: {field}: {item['msg']}")
     return "\n".join(lines)
+
+
+def _upstream_env_source(loc: Sequence[Union[str, int]], values: Dict[str, Any]) -> Optional[str]:
+    """``GATEWAY_UPSTREAM_<NAME>_<FIELD>`` when that variable set the bad upstream field."""
+    if len(loc) < 3 or loc[0] != "upstreams" or not isinstance(loc[1], int) or loc[2] not in UPSTREAM_ENV_FIELDS:
+        return None
+    upstreams = values.get("upstreams")
+    entry = upstreams[loc[1]] if isinstance(upstreams, list) and loc[1] < len(upstreams) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        return None
+    name = upstream_env_name(entry["name"], str(loc[2]))
+    return name if name in os.environ else None
 
 
 def _env_source(loc: Sequence[Union[str, int]]) -> Optional[str]:

@@ -211,3 +211,60 @@ async def test_a_configured_gateway_serves_what_the_file_says(tmp_path: Path, lo
             assert config_listing["teams"] == [] and config_listing["workflows"] == []
     finally:
         server.stop()
+
+
+UPSTREAMS_YAML = """\
+upstreams:
+  - {name: os-a, url: "http://127.0.0.1:7001", weight: 2}
+  - {name: os.b, url: "http://127.0.0.1:7002"}
+timeouts: {run_s: 60}
+affinity: {mode: bounded}
+"""
+
+
+def test_upstreams_and_their_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, UPSTREAMS_YAML)
+    settings = load_settings(path)
+    assert [(u.name, u.base_url, u.weight, u.api_key) for u in settings.upstreams] == [
+        ("os-a", "http://127.0.0.1:7001", 2.0, None),
+        ("os.b", "http://127.0.0.1:7002", 1.0, None),
+    ]
+    assert settings.timeouts.run_s == 60 and settings.timeouts.connect_s == 2.0  # named defaults stay
+    assert settings.affinity.mode == "bounded" and settings.health.unhealthy_threshold == 3
+    monkeypatch.setenv("GATEWAY_UPSTREAM_OS_A_API_KEY", "from-the-environment")
+    monkeypatch.setenv("GATEWAY_UPSTREAM_OS_B_URL", "http://10.0.0.2:7777")
+    monkeypatch.setenv("GATEWAY_UPSTREAM_OS_B_WEIGHT", "3")
+    monkeypatch.setenv("GATEWAY_AFFINITY__MODE", "strict")
+    settings = load_settings(path)
+    assert settings.upstreams[0].api_key == "from-the-environment"
+    assert "from-the-environment" not in repr(settings)  # never in logs or tracebacks
+    assert (settings.upstreams[1].base_url, settings.upstreams[1].weight) == ("http://10.0.0.2:7777", 3.0)
+    assert settings.affinity.mode == "strict"
+
+
+@pytest.mark.parametrize(
+    "text, env, expected",
+    [
+        (UPSTREAMS_YAML, {"GATEWAY_UPSTREAM_OS_A_WEIGHT": "heavy"}, "GATEWAY_UPSTREAM_OS_A_WEIGHT: upstreams.0.weight"),
+        (UPSTREAMS_YAML, {"GATEWAY_UPSTREAM_OS_B_URL": "ftp://x"}, "GATEWAY_UPSTREAM_OS_B_URL: upstreams.1.url"),
+        (UPSTREAMS_YAML.replace("weight: 2", "weight: -2"), {}, "gateway.yaml: upstreams.0.weight"),
+        ("upstreams: [{name: a, url: 'http://x'}, {name: a, url: 'http://y'}]\n", {}, "upstream names must be unique: a"),
+        ("upstreams: [{name: 'bad name', url: 'http://x'}]\n", {}, "upstreams.0.name"),
+        ("on_conflict: maybe\n", {}, "on_conflict"),
+        ("affinity: {mode: sticky}\n", {}, "affinity.mode"),
+        ("health: {interval_s: 0}\n", {}, "health.interval_s"),
+        ("timeouts: {run_s: -1}\n", {}, "timeouts.run_s"),
+        ("retry: {max_attempts: 0}\n", {}, "retry.max_attempts"),
+        ("outlier: {max_ejection_percent: 150}\n", {}, "outlier.max_ejection_percent"),
+        ("admin_key: short\n", {}, "admin_key"),
+    ],
+)
+def test_bad_upstream_settings_name_their_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, env: dict, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert expected in str(raised.value)
