@@ -28,16 +28,21 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 MAX_PORT = 65535
 
 
-def port_number(text: str) -> int:
-    """``--port``'s type: checked by argparse (exit 2 naming the option), because a port given on
-    the command line is applied after the settings were validated and would not be checked again."""
+def _bounded_int(text: str, low: int, high: int, what: str) -> int:
+    """An argparse type's check: a bad value exits 2 naming the option."""
     try:
-        port = int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= MAX_PORT:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-{MAX_PORT})")
-    return port
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not {what} ({low}-{high})")
+    return value
+
+
+def port_number(text: str) -> int:
+    """``--port``'s type: checked by argparse, because a port given on the command line is
+    applied after the settings were validated and would not be checked again."""
+    return _bounded_int(text, 0, MAX_PORT, "a port number")
 
 
 def _serve_app(app: Any, *, host: str, port: int, fd: Optional[int]) -> None:
@@ -266,13 +271,7 @@ def upstream_count(text: str) -> int:
     """``--upstreams``' type: 0 (the demo in-process) up to one per letter (os-a ... os-z)."""
     from gateway.demo.upstreams import MAX_UPSTREAMS
 
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= count <= MAX_UPSTREAMS:
-        raise argparse.ArgumentTypeError(f"{count} is not between 0 and {MAX_UPSTREAMS}")
-    return count
+    return _bounded_int(text, 0, MAX_UPSTREAMS, "a number of upstreams")
 
 
 def parser() -> argparse.ArgumentParser:
