@@ -232,6 +232,8 @@ class FaultyUpstream:
 
     def __init__(self) -> None:
         self.server: Optional[asyncio.base_events.Server] = None
+        self.flood_sent = 0  # bytes a ``flood`` answer has handed to its socket
+        self.flood_blocked = asyncio.Event()  # the reader stopped taking them
 
     @property
     def url(self) -> str:
@@ -260,6 +262,9 @@ class FaultyUpstream:
                     self._json(writer, b'{"status":"ok","instantiated_at":"2026-01-01T00:00:00Z"}')
                 elif path.startswith(b"/config"):
                     self._json(writer, self.CONFIG)
+                elif b"flood" in body:
+                    await self._flood(writer)
+                    break
                 elif b"busy" in body:
                     self._json(writer, b'{"detail":"busy"}', status=b"503 Service Unavailable")
                 elif b"garbage" in body:
@@ -284,6 +289,18 @@ class FaultyUpstream:
         finally:
             writer.close()
 
+    async def _flood(self, writer: asyncio.StreamWriter) -> None:
+        """An endless SSE stream, written as fast as the gateway takes it."""
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        frame = b'event: RunContent\ndata: {"event":"RunContent","content":"' + b"x" * 4000 + b'"}\n\n'
+        chunk = f"{len(frame):x}\r\n".encode() + frame + b"\r\n"
+        while True:
+            writer.write(chunk)
+            self.flood_sent += len(chunk)
+            if writer.transport.get_write_buffer_size() > 48 * 1024:
+                self.flood_blocked.set()  # the socket is full and writes queue here: nobody reads
+            await writer.drain()
+
     @staticmethod
     def _json(writer: asyncio.StreamWriter, body: bytes, status: bytes = b"200 OK") -> None:
         writer.write(
@@ -302,6 +319,7 @@ async def faulty(log_dir):
         "outlier": {"consecutive_failures": 3, "base_ejection_s": 60},
     }
     gateway = await asyncio.to_thread(start_gateway, "faulty-gateway", config, log_dir)
+    gateway.faulty = upstream  # type: ignore[attr-defined]
     yield gateway
     gateway.stop()
     await upstream.close()
@@ -363,3 +381,30 @@ async def test_an_immediate_503_is_retried_on_the_next_upstream_but_a_sent_reque
         # a garbage answer came after the request was sent: the run may have started, no retry
         garbage = await _run(client, session_id, "garbage now")
         assert garbage.status_code == 502 and garbage.headers.get("x-agentos-gateway-upstream") is None
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_slow_client_slows_the_upstream_instead_of_filling_the_gateway(faulty: Server) -> None:
+    upstream: FaultyUpstream = faulty.faulty  # type: ignore[attr-defined]
+    rss_before = _rss_mb(faulty.process.pid)
+    async with httpx.AsyncClient(base_url=faulty.url, timeout=30) as client:
+        async with client.stream(
+            "POST", "/v1/agents/echo-agent/run", json={"input": "flood please", "stream": True, "session_id": "s-flood"}
+        ) as stream:
+            async for _ in stream.aiter_raw():
+                break  # one chunk, then the client stops reading
+            async with asyncio.timeout(30):
+                await upstream.flood_blocked.wait()
+            # Nothing more should move while the client does not read: watch for a while (the
+            # one wait here that no event can end, since what is tested is that nothing happens).
+            await asyncio.sleep(1.0)
+            sent_mb, rss_growth = upstream.flood_sent / 1e6, _rss_mb(faulty.process.pid) - rss_before
+    print(f"backpressure: upstream held back after {sent_mb:.1f} MB; gateway RSS grew {rss_growth:.1f} MB")
+    # socket buffers on the way and aiohttp's read buffer: a few MB, never the endless stream
+    assert sent_mb < 64 and rss_growth < 64
