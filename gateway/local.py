@@ -61,6 +61,9 @@ class LocalRegistry:
     def get(self, kind: EntityKind, entity_id: str) -> Optional[LocalEntity]:
         return self._entities.get((kind, entity_id))
 
+    def ids_any(self) -> bool:
+        return bool(self._entities)
+
     def ids(self, kind: EntityKind) -> List[str]:
         return [entity_id for (entity_kind, entity_id) in self._entities if entity_kind is kind]
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional
 
 import aiohttp
 
+from gateway import metrics
 from gateway.balancing import (
     ActiveState,
     Candidate,
@@ -52,6 +53,11 @@ class Upstream:
     instantiated_at: Optional[str] = None  # from GET /health: a change means it restarted
     in_flight: int = 0
     session: Optional[aiohttp.ClientSession] = None
+
+    def __post_init__(self) -> None:
+        self.in_flight_gauge = metrics.UPSTREAM_IN_FLIGHT.labels(self.name)
+        self.healthy_gauge = metrics.UPSTREAM_HEALTHY.labels(self.name)
+        self.healthy_gauge.set(0)
 
     @property
     def name(self) -> str:
@@ -143,8 +149,11 @@ class Pool:
     async def probe(self, upstream: Upstream) -> ActiveState:
         """One health check; after a good one, the membership is read again."""
         before = upstream.health.active
+        started = time.perf_counter()
         ok = await self._check_health(upstream)
+        metrics.PROBE_DURATION.labels(upstream.name).observe(time.perf_counter() - started)
         state = upstream.health.on_probe(Probe.OK if ok else Probe.FAILED)
+        upstream.healthy_gauge.set(1 if state is ActiveState.HEALTHY else 0)
         if ok:
             await self._refresh_membership(upstream)
         if state is not before:
@@ -222,6 +231,7 @@ class Pool:
         """The outcome of one request to ``upstream``; ejects it when its failures say so and the
         pool can spare it (max ejection percent)."""
         now = self.clock()
+        metrics.UPSTREAM_REQUESTS.labels(upstream.name, outcome.value).inc()
         if not upstream.health.record(outcome, now):
             return
         ejected = sum(1 for other in self.upstreams.values() if other.health.is_ejected(now))
@@ -229,6 +239,7 @@ class Pool:
             logger.warning("upstream %s keeps failing, but max_ejection_percent is reached", upstream.name)
             return
         until = upstream.health.eject(now)
+        metrics.UPSTREAM_EJECTIONS.labels(upstream.name).inc()
         logger.warning("upstream %s ejected for %.1f s after %s", upstream.name, until - now, outcome.value)
 
     # -- retry budget ------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from gateway import metrics
 from gateway.balancing import Affinity, Outcome
 from gateway.pool import Pool, Upstream
 from gateway.settings import Settings
@@ -77,6 +78,8 @@ class UpstreamFailure(Exception):
         self.detail = detail
         self.retryable = retryable
         self.answer = answer
+        # what a retry metric calls it: the outcome, or the upstream's own 503
+        self.reason = "unavailable" if status == 503 and answer is not None else outcome.value
 
     def response(self) -> Response:
         if self.answer is not None:
@@ -116,8 +119,10 @@ class Flight:
     def on(self, upstream: Upstream) -> None:
         if self.upstream is not None:
             self.upstream.in_flight -= 1
+            self.upstream.in_flight_gauge.dec()
         self.upstream = upstream
         upstream.in_flight += 1
+        upstream.in_flight_gauge.inc()
 
     def mark_retry(self) -> None:
         if not self.retried:
@@ -134,6 +139,7 @@ class Flight:
             self.pool.active_retries -= 1
         if self.upstream is not None:
             self.upstream.in_flight -= 1
+            self.upstream.in_flight_gauge.dec()
             if outcome is not None:
                 self.pool.record(self.upstream, outcome)
 
@@ -189,15 +195,21 @@ class Proxy:
             retry=retry_if_exception(self._should_retry),
             reraise=True,
         )
+        last: Optional[UpstreamFailure] = None
         async for attempt in retrying:
             with attempt:
                 tries = attempt.retry_state.attempt_number
                 upstream = order[tries - 1]
-                if tries > 1:
+                if last is not None:
                     flight.mark_retry()
-                    logger.info("retrying on upstream %s (try %d)", upstream.name, tries)
+                    metrics.RETRIES.labels(last.upstream.name, last.reason).inc()
+                    logger.info("retrying on upstream %s after %s on %s", upstream.name, last.reason, last.upstream.name)
                 flight.on(upstream)
-                response = await self._send(upstream, outgoing)
+                try:
+                    response = await self._send(upstream, outgoing)
+                except UpstreamFailure as failure:
+                    last = failure
+                    raise
                 return Opened(upstream=upstream, response=response, tries=tries, flight=flight)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
@@ -207,7 +219,8 @@ class Proxy:
     async def _send(self, upstream: Upstream, outgoing: Outgoing) -> aiohttp.ClientResponse:
         timeouts = self.settings.timeouts
         wait_s = timeouts.first_byte_s if outgoing.expects_stream else timeouts.run_s
-        headers = {**outgoing.headers, **upstream.auth_headers}
+        # The upstream's own key, unless the client's Authorization is forwarded (forward_authorization).
+        headers = {**upstream.auth_headers, **outgoing.headers}
         try:
             async with asyncio.timeout(wait_s):
                 response = await upstream.client().request(
@@ -291,8 +304,10 @@ class StreamRelay(Response):
         error_frame: Callable[[str], bytes],
         settings: Settings,
         started_at: float,
+        run_labels: Optional[Tuple[str, str]] = None,
     ) -> None:
         self.opened = opened
+        self.run_labels = run_labels  # (kind, entity) of the run, for its metrics
         self.status_code = opened.response.status
         self.background = None
         self.raw_headers = [
@@ -305,6 +320,9 @@ class StreamRelay(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         opened = self.opened
         outcome: Optional[Outcome] = None
+        self.scan = EndOfRunDetector()
+        self.cut = False
+        metrics.ACTIVE_STREAMS.inc()
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             relay = asyncio.ensure_future(self._relay(send))
@@ -323,10 +341,23 @@ class StreamRelay(Response):
             # sees its client leave and cancels it.
             opened.response.close()
             opened.flight.finish(outcome)
+            metrics.ACTIVE_STREAMS.dec()
+            self._record_run(client_left=outcome is None and not self.cut)
+
+    def _record_run(self, *, client_left: bool) -> None:
+        if self.run_labels is None:
+            return
+        kind, entity = self.run_labels
+        metrics.STREAM_EVENTS.labels(kind).inc(self.scan.frames + self.cut)
+        if self.scan.terminal is not None:
+            outcome = metrics.OUTCOME_BY_EVENT.get(self.scan.terminal)
+        else:
+            outcome = "ERROR" if self.cut else "CANCELLED" if client_left else None
+        metrics.record_run(kind, entity, outcome)
 
     async def _relay(self, send: Send) -> Optional[Outcome]:
         content = self.opened.response.content
-        detector = EndOfRunDetector()
+        detector = self.scan
         loop = asyncio.get_running_loop()
         keepalive_s = self.timeouts.keepalive_s
         last_data = last_sent = loop.time()
@@ -376,6 +407,7 @@ class StreamRelay(Response):
             if not detector.ended:
                 # A frame cut in half is ended first, so readers skip it and read the error whole.
                 body = (b"" if at_frame_end else b"\n\n") + self.error_frame(f"Upstream {name}: {reason}")
+                self.cut = True
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return outcome
 

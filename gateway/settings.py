@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 DEFAULT_PORT = 7777
@@ -110,6 +110,61 @@ class AffinitySettings(Strict):
     headers: bool = Field(True, description="send x-agentos-gateway-upstream and -affinity")
 
 
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class ApiKey(Strict):
+    """One client key of the gateway: ``Authorization: Bearer <key>``."""
+
+    name: str = Field(pattern=KEY_NAME_PATTERN, description="who the key belongs to; logged instead of the key")
+    key: str = Field(min_length=16, repr=False, description="the secret; better from a file or the environment")
+    entities: Optional[List[str]] = Field(None, description="ids this key may run; none: every id")
+    rate_per_s: Optional[float] = Field(None, gt=0, description="sustained requests per second; none: no limit")
+    burst: Optional[int] = Field(None, ge=1, description="requests allowed at once above the rate (default: rate)")
+
+
+class AuthSettings(Strict):
+    """Client keys. With none configured, the gateway's API is open (like AgentOS without a key)."""
+
+    keys: List[ApiKey] = Field(default_factory=list)
+    keys_file: Optional[Path] = Field(None, description="a YAML/JSON list of keys in the same shape as keys")
+
+    @model_validator(mode="after")
+    def _load_keys_file(self) -> "AuthSettings":
+        if self.keys_file is not None:
+            try:
+                entries = yaml.safe_load(self.keys_file.read_text(encoding="utf-8")) or []
+            except (OSError, yaml.YAMLError) as error:
+                raise ValueError(f"cannot read keys_file {self.keys_file}: {error}") from None
+            if not isinstance(entries, list):
+                raise ValueError(f"keys_file {self.keys_file}: a list of keys is expected")
+            try:
+                self.keys = [*self.keys, *(ApiKey.model_validate(entry) for entry in entries)]
+            except ValidationError as error:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                raise ValueError(f"keys_file {self.keys_file}: {problems}") from None
+            self.keys_file = None  # loaded: re-validating must not read it twice
+        names = [key.name for key in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("key names must be unique")
+        if len({key.key for key in self.keys}) != len(self.keys):
+            raise ValueError("two keys have the same secret")
+        return self
+
+
+class LimitSettings(Strict):
+    max_header_bytes: int = Field(16384, ge=1024, description="larger request headers get 431")
+    max_concurrent_runs: int = Field(1000, ge=1, description="runs at once, stream or not; beyond: 503")
+    max_streams: int = Field(1000, ge=1, description="streamed runs at once; beyond: 503")
+
+
+class ShutdownSettings(Strict):
+    drain_delay_s: float = Field(
+        2.0, ge=0, description="after SIGTERM, /ready answers 503 this long before the listener closes"
+    )
+    grace_s: float = Field(30.0, ge=0, description="then in-flight work has this long to finish")
+
+
 class Settings(BaseSettings):
     """Every setting of the gateway, with its default."""
 
@@ -133,6 +188,14 @@ class Settings(BaseSettings):
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     affinity: AffinitySettings = Field(default_factory=AffinitySettings)
     max_connections_per_upstream: int = Field(1000, ge=1, description="aiohttp keep-alive pool size")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    forward_authorization: bool = Field(
+        False, description="send the client's Authorization to upstreams (agno JWT auth) instead of their keys"
+    )
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    cors_origins: List[str] = Field(default_factory=list, description="origins allowed by CORS; none: no CORS")
+    access_log: bool = Field(True, description="one JSON line per request on stdout")
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     admin_key: Optional[str] = Field(
         None, min_length=16, repr=False, description="Bearer key of /admin; unset: the admin API is off"
     )

@@ -58,3 +58,4 @@ async def test_workflow_runs_its_agent_step() -> None:
     output = await DEMO.workflow.arun("5 * 5")
     assert output.content == "5 * 5 = 25 [instance=unit history=0]"
     assert output.step_results[0].step_name == "echo-step"
+

@@ -6,19 +6,25 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 
 from gateway import __version__
 from gateway.api.body_limit import BodyLimitMiddleware
 from gateway.api.admin import admin_router
+from gateway.api.auth import AuthMiddleware
+from gateway.api.limits import HeaderLimitMiddleware, Limiter
+from gateway.api.observe import ObserveMiddleware
 from gateway.api.catalog import catalog_router
 from gateway.api.forwarding import Forwarder
 from gateway.api.runs import runs_router
 from gateway.api.sessions import sessions_router
 from gateway.local import LocalRegistry
+from gateway.metrics import scrape
+from gateway.proxy import AFFINITY_HEADER, UPSTREAM_HEADER
 from gateway.pool import Pool
 from gateway.routing import Directory
 from gateway.settings import ConfigError, Settings, load_settings
@@ -35,6 +41,15 @@ class Services:
     pool: Optional[Pool]
     forwarder: Optional[Forwarder]
     directory: Directory
+    limiter: Limiter
+    draining: bool = False  # set on SIGTERM: /ready answers 503 so load balancers stop sending
+
+    def ready(self) -> Tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
+        if self.pool is not None and not self.pool.any_usable() and not self.registry.ids_any():
+            return False, "no usable upstream"
+        return True, "ok"
 
 
 def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalRegistry] = None) -> FastAPI:
@@ -48,7 +63,9 @@ def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalR
     registry = registry if registry is not None else LocalRegistry.from_config(settings.local)
     pool = Pool(settings) if settings.upstreams else None
     forwarder = Forwarder(pool, settings) if pool is not None else None
-    services = Services(settings, registry, pool, forwarder, Directory(registry, pool, settings.on_conflict))
+    services = Services(
+        settings, registry, pool, forwarder, Directory(registry, pool, settings.on_conflict), Limiter(settings.limits)
+    )
     instantiated_at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
     @contextlib.asynccontextmanager
@@ -70,7 +87,16 @@ def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalR
         description="Runs agno agents, teams and workflows in-process or on AgentOS upstreams.",
         lifespan=lifespan,
     )
+    # Outermost last: every answer, refusals included, gets a request id, a metric and a log line.
+    app.add_middleware(AuthMiddleware, keys=settings.auth.keys)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER],
+        )  # fmt: skip
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.limits.max_header_bytes)
+    app.add_middleware(ObserveMiddleware, access_log=settings.access_log)
     app.state.services = services
 
     @app.exception_handler(Exception)
@@ -95,7 +121,17 @@ def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalR
     async def health() -> Dict[str, Any]:
         return {"status": "ok", "instantiated_at": instantiated_at}
 
-    app.include_router(runs_router(services.directory, forwarder))
+    @app.get("/ready", tags=["Health"], summary="Readiness: 503 while nothing can serve or while shutting down")
+    async def ready() -> JSONResponse:
+        is_ready, status = services.ready()
+        return JSONResponse({"status": status}, status_code=200 if is_ready else 503)
+
+    @app.get("/metrics", tags=["Health"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        body, content_type = scrape()
+        return Response(body, media_type=content_type)
+
+    app.include_router(runs_router(services.directory, forwarder, services.limiter))
     app.include_router(catalog_router(settings, registry, services.directory, forwarder))
     app.include_router(sessions_router(services.directory, forwarder))
     app.include_router(admin_router(settings, pool))

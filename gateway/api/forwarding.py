@@ -7,9 +7,10 @@ the AgentOS-native routes (passed through), listings and session routes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import urlencode
 from uuid import uuid4
 
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
+from gateway import metrics
 from gateway.balancing import AffinityMode, Choice, Outcome, choose
 from gateway.pool import Pool, Upstream
 from gateway.proxy import (
@@ -35,8 +37,9 @@ from gateway.wire.sse import format_frame
 
 logger = logging.getLogger(__name__)
 
-# Client headers an upstream may see. Never Authorization: each upstream gets its own key.
-FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-language", "x-request-id", "traceparent", "tracestate")
+# Client headers an upstream may see. Never Authorization: each upstream gets its own key (unless
+# forward_authorization). x-request-id and traceparent are the gateway's (see api/observe.py).
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-language", "tracestate")
 CANCEL_TIMEOUT_S = 5.0
 
 
@@ -56,6 +59,10 @@ class RunInfo:
     run_id: str
     session_id: Optional[str]
 
+    @property
+    def labels(self) -> Tuple[str, str]:
+        return self.kind.name.lower(), self.entity_id
+
     def error_frame(self, message: str) -> bytes:
         event = self.kind.error_event(
             UpstreamLost(message), entity_id=self.entity_id, run_id=self.run_id, session_id=self.session_id
@@ -69,6 +76,17 @@ class Forwarder:
         self.settings = settings
         self.proxy = Proxy(pool, settings)
         self._background: Set[asyncio.Task] = set()
+
+    def _forwarded_headers(self, request: Request) -> Dict[str, str]:
+        headers = request.headers
+        forwarded = {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}
+        state = request.scope.get("state", {})
+        for name in ("request_id", "traceparent"):
+            if name in state:
+                forwarded[name.replace("_", "-").replace("request-id", "x-request-id")] = state[name]
+        if self.settings.forward_authorization and "authorization" in headers:
+            forwarded["authorization"] = headers["authorization"]
+        return forwarded
 
     # -- choosing ----------------------------------------------------------------------------------
 
@@ -109,7 +127,7 @@ class Forwarder:
             return self.unavailable()
         loop = asyncio.get_running_loop()
         started_at = loop.time()
-        outgoing.headers = {**_forwarded_headers(request), **outgoing.headers}
+        outgoing.headers = {**self._forwarded_headers(request), **outgoing.headers}
         flight = Flight(self.pool)
         try:
             opened = await until_disconnected(request, self.proxy.open(self.order(choice), outgoing, flight))
@@ -122,14 +140,17 @@ class Forwarder:
         except BaseException:
             flight.finish()
             raise
+        request.state.upstream = opened.upstream.name
+        request.state.retries = opened.tries - 1
         if run is not None:
             self.proxy.run_owners.remember(run.run_id, opened.upstream.name)
         headers = self.proxy.answer_headers(opened, choice.affinity if with_affinity else None)
         if is_event_stream(opened.response):
             error_frame = run.error_frame if run is not None else _generic_error_frame
             return StreamRelay(
-                opened, headers, error_frame=error_frame, settings=self.settings, started_at=started_at
-            )
+                opened, headers, error_frame=error_frame, settings=self.settings, started_at=started_at,
+                run_labels=run.labels if run is not None else None,
+            )  # fmt: skip
         try:
             status, body = await until_disconnected(request, read_answer(opened))
         except ClientDisconnected:
@@ -140,6 +161,8 @@ class Forwarder:
             flight.finish(failure.outcome)
             return failure.response()
         flight.finish(Outcome.SERVER_ERROR if status >= 500 else Outcome.SUCCESS)
+        if run is not None and status == 200:
+            metrics.record_run(*run.labels, _run_status(body))
         return Response(body, status_code=status, headers=headers)
 
     def _client_left(self, flight: Flight, run: Optional[RunInfo]) -> None:
@@ -178,9 +201,13 @@ class Forwarder:
         task.add_done_callback(self._background.discard)
 
 
-def _forwarded_headers(request: Request) -> Dict[str, str]:
-    headers = request.headers
-    return {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}
+def _run_status(body: bytes) -> Optional[str]:
+    """The status of a non-stream run's RunOutput JSON (one parse per run, never per frame)."""
+    try:
+        status = json.loads(body).get("status")
+    except (ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 def _generic_error_frame(message: str) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Dict
+from typing import Any, AsyncIterator, Dict, Optional
 from uuid import uuid4
 
 from agno.exceptions import InputCheckError
@@ -19,6 +19,7 @@ from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from gateway import metrics
 from gateway.api.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
 from gateway.api.schemas import RunRequest
 from gateway.local import LocalEntity
@@ -69,21 +70,35 @@ async def stream_frames(
 ) -> AsyncIterator[str]:
     """The run's events as SSE frames. Closing this generator (the client left) closes agno's
     run stream, which agno records as a cancelled run."""
-    ended = False
+    noun = kind.name.lower()
+    terminal: Optional[str] = None
+    frames = 0
+    finished = False  # the run's events all came (a stream without every event has no terminal one)
+    metrics.ACTIVE_STREAMS.inc()
     try:
         async with contextlib.aclosing(runner.arun(input, stream=True, **params)) as events:
             async for event in events:
                 yield format_frame(event)
-                ended = event.event in TERMINAL_EVENTS
+                frames += 1
+                if terminal is None and event.event in TERMINAL_EVENTS:
+                    terminal = event.event
+        finished = True
     except Exception as error:  # a failure outside the model: still reported in-band, as AgentOS does
-        if ended:  # the run already ended; a second ending would contradict it
-            logger.exception("local %s run %s failed after it ended", kind.name.lower(), entity_id)
+        if terminal is not None:  # the run already ended; a second ending would contradict it
+            logger.exception("local %s run %s failed after it ended", noun, entity_id)
             return
-        logger.exception("local %s run %s failed", kind.name.lower(), entity_id)
+        logger.exception("local %s run %s failed", noun, entity_id)
         event = kind.error_event(
             error, entity_id=entity_id, run_id=params.get("run_id"), session_id=params.get("session_id")
         )
+        terminal = event.event
+        frames += 1
         yield format_frame(event)
+    finally:  # also when the client left (the generator is closed): a cancelled run
+        metrics.ACTIVE_STREAMS.dec()
+        metrics.STREAM_EVENTS.labels(noun).inc(frames)
+        outcome = metrics.OUTCOME_BY_EVENT.get(terminal) if terminal else None if finished else "CANCELLED"
+        metrics.record_run(noun, entity_id, outcome)
 
 
 async def run_locally(
@@ -100,9 +115,12 @@ async def run_locally(
     try:
         output = await until_disconnected(request, runner.arun(input, stream=False, **params))
     except ClientDisconnected:
+        metrics.record_run(kind.name.lower(), entity.id, "CANCELLED")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     except InputCheckError as error:  # a refused input is the caller's error, as AgentOS answers
         raise HTTPException(status_code=400, detail=str(error)) from None
+    status = getattr(output.status, "value", output.status)
+    metrics.record_run(kind.name.lower(), entity.id, str(status) if status else None)
     return JSONResponse(jsonable_encoder(output.to_dict()))
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
 from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, with_form_fields
+from gateway.api.limits import Limiter
 from gateway.api.local_runs import cancel_locally, run_locally, run_params
 from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
 from gateway.local import LocalEntity
@@ -33,8 +34,9 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MESSAGE_MISSING = {"detail": [{"type": "missing", "loc": ["body", "message"], "msg": "Field required", "input": None}]}
 
 
-def resolve(directory: Directory, kind: EntityKind, entity_id: str) -> Target:
-    """Who serves the id; 400 for a malformed id, 404 (AgentOS's text) for an unknown one."""
+def resolve(directory: Directory, kind: EntityKind, entity_id: str, request: Optional[Request] = None) -> Target:
+    """Who serves the id; 400 for a malformed id, 404 (AgentOS's text) for an unknown one.
+    A served id is noted on the request, for its metrics and log line."""
     if not is_valid_entity_id(entity_id):
         raise HTTPException(status_code=400, detail=f"Invalid id: must match {ENTITY_ID_PATTERN.pattern}")
     target = directory.resolve(kind, entity_id)
@@ -47,6 +49,8 @@ def resolve(directory: Directory, kind: EntityKind, entity_id: str) -> Target:
                 headers={"Retry-After": str(RETRY_AFTER_UNKNOWN_S)},
             )
         raise HTTPException(status_code=404, detail=kind.spec.not_found)
+    if request is not None:
+        request.state.entity = entity_id
     return target
 
 
@@ -106,18 +110,23 @@ async def _local_form_run(request: Request, entity: LocalEntity, form: FormData)
 # -- routes ----------------------------------------------------------------------------------------
 
 
-def runs_router(directory: Directory, forwarder: Optional[Forwarder]) -> APIRouter:
+def runs_router(directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter) -> APIRouter:
     router = APIRouter()
     for kind in EntityKind:
-        _add_kind_routes(router, kind, directory, forwarder)
+        _add_kind_routes(router, kind, directory, forwarder, limiter)
     return router
 
 
-def _add_kind_routes(router: APIRouter, kind: EntityKind, directory: Directory, forwarder: Optional[Forwarder]) -> None:
+def _add_kind_routes(
+    router: APIRouter, kind: EntityKind, directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter
+) -> None:
     noun = kind.name.lower()
 
     async def v1_run(entity_id: str, body: RunRequest, request: Request) -> Response:
-        target = resolve(directory, kind, entity_id)
+        target = resolve(directory, kind, entity_id, request)
+        return await limiter.run(body.stream, lambda: _v1_run(entity_id, body, request, target))
+
+    async def _v1_run(entity_id: str, body: RunRequest, request: Request, target: Target) -> Response:
         if isinstance(target, LocalEntity):
             return await run_locally(request, kind, target, body.input, run_params(body), stream=body.stream)
         data = body.model_dump(exclude_none=True)
@@ -133,8 +142,14 @@ def _add_kind_routes(router: APIRouter, kind: EntityKind, directory: Directory, 
         return await _forward_run(forwarder, request, kind, entity_id, target, outgoing, session_id, session_is_new, data["run_id"])
 
     async def native_run(entity_id: str, request: Request) -> Response:
-        target = resolve(directory, kind, entity_id)
+        target = resolve(directory, kind, entity_id, request)
         form, content_type = await _form(request)
+        stream = _form_bool(form, "stream", True)
+        return await limiter.run(stream, lambda: _native_run(entity_id, request, target, form, content_type, stream))
+
+    async def _native_run(
+        entity_id: str, request: Request, target: Target, form: FormData, content_type: str, stream: bool
+    ) -> Response:
         if isinstance(target, LocalEntity):
             return await _local_form_run(request, target, form)
         added: Dict[str, str] = {}
@@ -147,12 +162,12 @@ def _add_kind_routes(router: APIRouter, kind: EntityKind, directory: Directory, 
             f"/{kind.path}/{entity_id}/runs",
             headers={"Content-Type": content_type},
             body=with_form_fields(await request.body(), content_type, added),
-            expects_stream=_form_bool(form, "stream", True),
+            expects_stream=stream,
         )
         return await _forward_run(forwarder, request, kind, entity_id, target, outgoing, session_id, session_is_new, run_id)
 
     async def cancel_run(entity_id: str, run_id: str, request: Request) -> Response:
-        target = resolve(directory, kind, entity_id)
+        target = resolve(directory, kind, entity_id, request)
         if isinstance(target, LocalEntity):
             return JSONResponse(await cancel_locally(target, run_id))
         status = await _forwarder(forwarder).cancel(target.upstreams, kind, entity_id, run_id, request.url.query)
@@ -161,7 +176,7 @@ def _add_kind_routes(router: APIRouter, kind: EntityKind, directory: Directory, 
         return JSONResponse({"detail": "No upstream took the cancel"}, status_code=502 if status == 502 else status)
 
     async def continue_run(entity_id: str, run_id: str, request: Request) -> Response:
-        target = resolve(directory, kind, entity_id)
+        target = resolve(directory, kind, entity_id, request)
         if isinstance(target, LocalEntity):
             raise HTTPException(status_code=501, detail="continue is served for upstream entities only")
         form, content_type = await _form(request)
@@ -178,7 +193,7 @@ def _add_kind_routes(router: APIRouter, kind: EntityKind, directory: Directory, 
         return await fwd.forward(request, choice, outgoing, run=run)
 
     async def read_runs(entity_id: str, request: Request, run_id: Optional[str] = None) -> Response:
-        target = resolve(directory, kind, entity_id)
+        target = resolve(directory, kind, entity_id, request)
         if isinstance(target, LocalEntity):
             raise HTTPException(status_code=501, detail="run read-back is served for upstream entities only")
         fwd = _forwarder(forwarder)

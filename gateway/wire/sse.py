@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, AsyncIterator, Dict
+from typing import Any, AsyncIterator, Dict, Optional
 
 from agno.run.base import BaseRunOutputEvent
 
@@ -26,28 +26,37 @@ TERMINAL_EVENTS = frozenset(
         "WorkflowCompleted", "WorkflowError", "WorkflowCancelled",
     }
 )  # fmt: skip
-_TERMINAL_LINES = tuple(f"\nevent: {name}\n".encode() for name in TERMINAL_EVENTS)
-_TAIL = max(len(line) for line in _TERMINAL_LINES)
+_TERMINAL_LINES = tuple((f"\nevent: {name}\n".encode(), name) for name in TERMINAL_EVENTS)
+_TAIL = max(len(line) for line, _ in _TERMINAL_LINES)
 
 
 class EndOfRunDetector:
-    """Whether the bytes of a stream so far include a terminal event, found by scanning the
-    ``event:`` lines: no JSON parsing on the pass-through path. A chunk may end mid-line, so the
-    last bytes of the previous chunk are kept. An ``event:`` line cannot be forged by run content:
-    data is one line of JSON, whose strings cannot hold a raw newline."""
+    """What the bytes of a stream so far say, found by scanning, with no JSON parsing on the
+    pass-through path: how many frames passed (each ends with a blank line) and the first
+    terminal event (``ended``). A chunk may end mid-line, so the last bytes of the previous chunk
+    are kept. An ``event:`` line cannot be forged by run content: data is one line of JSON, whose
+    strings cannot hold a raw newline."""
 
-    __slots__ = ("ended", "_tail")
+    __slots__ = ("terminal", "frames", "_tail")
 
     def __init__(self) -> None:
-        self.ended = False
+        self.terminal: Optional[str] = None  # the first terminal event's name
+        self.frames = 0
         self._tail = b"\n"  # the stream's first line starts a line too
 
+    @property
+    def ended(self) -> bool:
+        return self.terminal is not None
+
     def feed(self, chunk: bytes) -> bool:
-        if not self.ended:
-            window = self._tail + chunk
-            self.ended = any(line in window for line in _TERMINAL_LINES)
-            self._tail = window[-_TAIL:]
-        return self.ended
+        self.frames += chunk.count(b"\n\n") + (self._tail[-1:] == b"\n" and chunk[:1] == b"\n")
+        window = self._tail + chunk
+        if self.terminal is None and b"\nevent: " in window:
+            found = [(window.find(line), name) for line, name in _TERMINAL_LINES if line in window]
+            if found:
+                self.terminal = min(found)[1]  # the earliest: RunCancelled before its RunCompleted
+        self._tail = window[-_TAIL:]
+        return self.terminal is not None
 
 
 def format_frame(event: BaseRunOutputEvent) -> str:

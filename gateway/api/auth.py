@@ -1,0 +1,132 @@
+"""Client authentication, per-key entity allow-lists and rate limits: a pure ASGI middleware.
+
+* ``Authorization: Bearer <key>`` (the bare key is accepted too, as AgentOS accepts it). Keys
+  are looked up by their SHA-256 digest, so no comparison runs over the secret's bytes one by one;
+  the found digest is then compared in constant time. Keys are never logged: the key's name is.
+* 401 ``{"detail": ...}`` with AgentOS's own texts; ``/health``, ``/ready``, ``/metrics`` and the
+  docs stay open; ``/admin`` has its own key.
+* A key with ``entities`` may only touch those ids (403 otherwise) and not the session routes,
+  which are not scoped to an entity.
+* A key with ``rate_per_s`` gets a token bucket (``burst`` deep): 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, FrozenSet, Optional, Sequence, Tuple
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.settings import ApiKey
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+_ENTITY_SEGMENTS = frozenset({"agents", "teams", "workflows"})
+
+
+@dataclass
+class TokenBucket:
+    rate_per_s: float
+    burst: float
+    clock: Callable[[], float] = time.monotonic
+    tokens: float = field(init=False)
+    updated: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens, self.updated = self.burst, self.clock()
+
+    def take(self) -> float:
+        """0 when a request may go now, else the seconds until one may."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate_per_s)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate_per_s
+
+
+@dataclass
+class _Key:
+    name: str
+    digest: bytes
+    entities: Optional[FrozenSet[str]]
+    bucket: Optional[TokenBucket]
+
+
+def entity_of(path: str) -> Optional[Tuple[str, str]]:
+    """(kind segment, id) of an entity-scoped path: ``/v1/agents/x/run``, ``/agents/x/...``."""
+    parts = path.split("/", 5)
+    offset = 2 if len(parts) > 1 and parts[1] == "v1" else 1
+    if len(parts) > offset + 1 and parts[offset] in _ENTITY_SEGMENTS and parts[offset + 1]:
+        return parts[offset], parts[offset + 1]
+    return None
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: Sequence[ApiKey]) -> None:
+        self.app = app
+        self.keys: Dict[bytes, _Key] = {}
+        for key in keys:
+            digest = hashlib.sha256(key.key.encode()).digest()
+            bucket = TokenBucket(key.rate_per_s, float(key.burst or max(1, math.ceil(key.rate_per_s)))) if key.rate_per_s else None
+            entities = frozenset(key.entities) if key.entities is not None else None
+            self.keys[digest] = _Key(key.name, digest, entities, bucket)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not self.keys or path in OPEN_PATHS or path.startswith("/admin"):
+            await self.app(scope, receive, send)
+            return
+        refusal = self._check(scope, path)
+        if refusal is not None:
+            status, detail, headers = refusal
+            await _answer(send, status, detail, headers)
+            return
+        await self.app(scope, receive, send)
+
+    def _check(self, scope: Scope, path: str) -> Optional[Tuple[int, str, Sequence[Tuple[bytes, bytes]]]]:
+        token = _token(scope)
+        if token is None:
+            return 401, "Authorization header required", [(b"www-authenticate", b"Bearer")]
+        digest = hashlib.sha256(token).digest()
+        key = self.keys.get(digest)
+        if key is None or not hmac.compare_digest(key.digest, digest):
+            return 401, "Invalid authentication token", [(b"www-authenticate", b"Bearer")]
+        scope.setdefault("state", {})["api_key"] = key.name
+        if key.entities is not None:
+            entity = entity_of(path)
+            if entity is None and (path.startswith("/sessions") or path == "/sessions"):
+                return 403, f"Key {key.name!r} may not use the session routes", []
+            if entity is not None and entity[1] not in key.entities:
+                return 403, f"Key {key.name!r} may not use {entity[0]} {entity[1]!r}", []
+        if key.bucket is not None:
+            wait_s = key.bucket.take()
+            if wait_s:
+                return 429, "Too many requests", [(b"retry-after", str(max(1, math.ceil(wait_s))).encode())]
+        return None
+
+
+def _token(scope: Scope) -> Optional[bytes]:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, rest = value.partition(b" ")
+            token = rest.strip() if scheme.lower() == b"bearer" else value.strip()
+            return token or None
+    return None
+
+
+async def _answer(send: Send, status: int, detail: str, headers: Sequence[Tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

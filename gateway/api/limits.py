@@ -1,0 +1,99 @@
+"""Bounds on what one gateway takes at once: header size, concurrent runs, concurrent streams.
+
+Beyond a bound the answer is immediate (431, or 503 with ``Retry-After``): never a queue that
+grows without end while clients wait.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Awaitable, Callable
+
+from fastapi import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.settings import LimitSettings
+
+RETRY_AFTER_BUSY_S = "1"
+
+
+class HeaderLimitMiddleware:
+    """431 as JSON when the request's headers (names and values) exceed ``max_bytes``."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(n) + len(v) + 4 for n, v in scope["headers"]) > self.max_bytes:
+            body = json.dumps({"detail": f"Request headers larger than {self.max_bytes} bytes"}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 431,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+class Limiter:
+    """Counts runs and streams in flight; a run beyond a bound is refused at once."""
+
+    def __init__(self, limits: LimitSettings) -> None:
+        self.limits = limits
+        self.runs = 0
+        self.streams = 0
+
+    def acquire(self, stream: bool) -> Callable[[], None]:
+        """A slot for one run (and stream), or 503; returns the function that gives it back."""
+        if self.runs >= self.limits.max_concurrent_runs:
+            raise _busy(f"{self.limits.max_concurrent_runs} runs in progress")
+        if stream and self.streams >= self.limits.max_streams:
+            raise _busy(f"{self.limits.max_streams} streams open")
+        self.runs += 1
+        self.streams += stream
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.runs -= 1
+                self.streams -= stream
+
+        return release
+
+    async def run(self, stream: bool, answer: Callable[[], Awaitable[Response]]) -> Response:
+        """``answer()`` within a slot held until the answer has been sent (or has failed)."""
+        release = self.acquire(stream)
+        try:
+            response = await answer()
+        except BaseException:
+            release()
+            raise
+        return Released(response, release)
+
+
+class Released(Response):
+    """A response that gives its slot back once it has been sent, however sending ends."""
+
+    def __init__(self, inner: Response, release: Callable[[], None]) -> None:
+        self.inner = inner
+        self.release = release
+        self.status_code = inner.status_code
+        self.background = None
+        self.raw_headers = inner.raw_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.release()
+
+
+def _busy(detail: str) -> HTTPException:
+    return HTTPException(status_code=503, detail=f"Busy: {detail}", headers={"Retry-After": RETRY_AFTER_BUSY_S})

@@ -1,0 +1,18 @@
+"""The pass-through scan of SSE bytes: frames counted, the run's first terminal event found."""
+
+from __future__ import annotations
+
+from gateway.wire.sse import EndOfRunDetector
+
+
+def test_the_stream_scan_counts_frames_and_finds_the_first_terminal_event_across_chunks() -> None:
+    stream = (
+        b'event: RunStarted\ndata: {"event":"RunStarted","content":"event: RunCompleted"}\n\n'
+        b'event: RunCancelled\ndata: {"event":"RunCancelled"}\n\n'
+        b'event: RunCompleted\ndata: {"event":"RunCompleted"}\n\n'
+    )
+    for size in (1, 2, 7, 64, len(stream)):
+        scan = EndOfRunDetector()
+        for start in range(0, len(stream), size):
+            scan.feed(stream[start : start + size])
+        assert (scan.terminal, scan.frames) == ("RunCancelled", 3), size
