@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, List, NoReturn, Optional
 
 # Before agno is imported anywhere: runs would otherwise post telemetry to the network.
@@ -45,11 +46,65 @@ def port_number(text: str) -> int:
     return _bounded_int(text, 0, MAX_PORT, "a port number")
 
 
-def _serve_app(app: Any, *, host: str, port: int, fd: Optional[int]) -> None:
+def _serve_app(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0) -> None:
     import uvicorn
 
     listen: dict = {"fd": fd} if fd is not None else {"host": host, "port": port}
-    uvicorn.run(app, log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False, **listen)
+    uvicorn.run(
+        app, log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False,
+        timeout_graceful_shutdown=grace_s, **listen,
+    )  # fmt: skip
+
+
+def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int]) -> None:
+    """One gateway process. SIGTERM first turns /ready to 503 for ``drain_delay_s`` (load
+    balancers stop sending), then closes the listener and lets in-flight work finish for
+    ``grace_s``; a second SIGTERM or Ctrl-C stops at once."""
+    import threading
+
+    import uvicorn
+
+    listen: dict = {"fd": fd} if fd is not None else {"host": settings.host, "port": settings.port}
+    config = uvicorn.Config(
+        app, log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False,
+        timeout_graceful_shutdown=settings.shutdown.grace_s, **listen,
+    )  # fmt: skip
+
+    class DrainingServer(uvicorn.Server):
+        draining = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if sig == signal.SIGTERM and not self.draining and settings.shutdown.drain_delay_s > 0:
+                self.draining = True
+                app.state.services.draining = True
+                timer = threading.Timer(settings.shutdown.drain_delay_s, super().handle_exit, (sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
+            super().handle_exit(sig, frame)
+
+    DrainingServer(config).run()
+
+
+def _serve_workers(args: argparse.Namespace, settings: Any) -> None:
+    """``--workers N``: uvicorn's process manager, each worker building the app from the same
+    configuration (passed by environment) and sharing metrics through a multiprocess directory."""
+    import tempfile
+
+    import uvicorn
+
+    from gateway.metrics import MULTIPROCESS_ENV
+    from gateway.settings import CONFIG_ENV
+
+    if args.config:
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    os.environ.setdefault(MULTIPROCESS_ENV, tempfile.mkdtemp(prefix="agentos-gateway-metrics-"))
+    listen: dict = {"fd": args.fd} if args.fd is not None else {"host": settings.host, "port": settings.port}
+    uvicorn.run(
+        "gateway.api.app:create_worker_app", factory=True, workers=args.workers,
+        log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False,
+        timeout_graceful_shutdown=settings.shutdown.grace_s, **listen,
+    )  # fmt: skip
 
 
 def _fail_config(error: Exception) -> int:
@@ -58,17 +113,25 @@ def _fail_config(error: Exception) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.api.app import create_app
+    from gateway.local import LocalRegistry
+    from gateway.logs import configure_logging
     from gateway.settings import ConfigError, load_settings
 
     try:
         settings = load_settings(args.config)
         overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
         settings = settings.model_copy(update=overrides)
+        if args.workers > 1:
+            LocalRegistry.from_config(settings.local)  # fail here, once, rather than in every worker
+            _serve_workers(args, settings)
+            return 0
+        from gateway.api.app import create_app
+
         app = create_app(settings)
     except ConfigError as error:
         return _fail_config(error)
-    _serve_app(app, host=settings.host, port=settings.port, fd=args.fd)
+    configure_logging()
+    _serve_gateway(app, settings, fd=args.fd)
     return 0
 
 
@@ -283,6 +346,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, or the config's host)")
     serve.add_argument("--port", type=port_number, help="port to bind (default 7777, or the config's port)")
     serve.add_argument("--fd", type=int, help="serve on this inherited listening socket")
+    serve.add_argument(
+        "--workers", type=lambda text: _bounded_int(text, 1, 64, "a number of workers"), default=1,
+        help="worker processes (metrics are merged across them)",
+    )  # fmt: skip
     serve.set_defaults(handler=cmd_serve)
 
     check = commands.add_parser(

@@ -52,6 +52,14 @@ class Services:
         return True, "ok"
 
 
+def create_worker_app() -> FastAPI:
+    """The app of one ``serve --workers N`` worker: configuration from the environment."""
+    from gateway.logs import configure_logging
+
+    configure_logging()
+    return create_app()
+
+
 def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalRegistry] = None) -> FastAPI:
     """The gateway app for ``settings`` (default: the file/env configuration, see ``load_settings``).
 
