@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional
+from typing import Any, Awaitable, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 import aiohttp
 
@@ -80,18 +81,22 @@ class Upstream:
         return self.session
 
 
+Resolver = Callable[[str, int], Awaitable[List[Tuple[str, int]]]]
+
+
+async def resolve_addresses(host: str, port: int) -> List[Tuple[str, int]]:
+    """Every (address, port) ``host`` resolves to, for TCP, sorted: the DNS answer's upstreams."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({(info[4][0], info[4][1]) for info in infos})
+
+
 class Pool:
-    def __init__(self, settings: Settings, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = time.monotonic, resolver: Resolver = resolve_addresses) -> None:
         self.settings = settings
         self.clock = clock
-        health_policy = HealthPolicy(
-            healthy_threshold=settings.health.healthy_threshold,
-            unhealthy_threshold=settings.health.unhealthy_threshold,
-        )
-        outlier_policy = OutlierPolicy(**settings.outlier.model_dump())
+        self.resolver = resolver
         self.upstreams: Dict[str, Upstream] = {
-            config.name: Upstream(config=config, health=UpstreamHealth(health_policy, outlier_policy))
-            for config in settings.upstreams
+            config.name: self._new_upstream(config) for config in settings.upstreams if config.dns is None
         }
         self.retry_budget = RetryBudget(
             budget_percent=settings.retry.budget_percent,
@@ -99,40 +104,124 @@ class Pool:
         )
         self.active_requests = 0
         self.active_retries = 0
-        self._probe_tasks: List[asyncio.Task] = []
+        self._tasks: Dict[str, asyncio.Task] = {}  # probe loops by upstream name, DNS loops by "dns:" + entry
+        self._discovered: Dict[str, Set[str]] = {}  # DNS entry -> the upstreams its last answer gave
         self._rng = random.Random()
+
+    def _new_upstream(self, config: UpstreamConfig) -> Upstream:
+        health_policy = HealthPolicy(
+            healthy_threshold=self.settings.health.healthy_threshold,
+            unhealthy_threshold=self.settings.health.unhealthy_threshold,
+        )
+        outlier_policy = OutlierPolicy(**self.settings.outlier.model_dump())
+        return Upstream(config=config, health=UpstreamHealth(health_policy, outlier_policy))
+
+    def _open(self, upstream: Upstream) -> None:
+        limit = self.settings.max_connections_per_upstream
+        upstream.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=10),
+            # Per-request timeouts are set by the proxy; none here that could cut a stream.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.timeouts.connect_s),
+            auto_decompress=False,  # bytes pass through as the upstream sent them
+            skip_auto_headers=("User-Agent",),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the connection pools and probe every upstream once before serving, so the first
-        request already knows who is up and what each serves; then probe on a timer."""
-        limit = self.settings.max_connections_per_upstream
+        """Resolve DNS entries, open the connection pools and probe every upstream once before
+        serving, so the first request already knows who is up and what each serves; then probe
+        (and resolve) on timers."""
+        for entry in self._dns_entries():
+            await self._apply_dns(entry, await self._lookup(entry) or [])
         for upstream in self.upstreams.values():
-            upstream.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=10),
-                # Per-request timeouts are set by the proxy; none here that could cut a stream.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.timeouts.connect_s),
-                auto_decompress=False,  # bytes pass through as the upstream sent them
-                skip_auto_headers=("User-Agent",),
-            )
+            self._open(upstream)
         await asyncio.gather(*(self.probe(upstream) for upstream in self.upstreams.values()))
-        self._probe_tasks = [
-            asyncio.create_task(self._probe_loop(upstream), name=f"probe-{upstream.name}")
-            for upstream in self.upstreams.values()
-        ]
+        for upstream in self.upstreams.values():
+            self._start_probing(upstream)
+        for entry in self._dns_entries():
+            self._tasks[f"dns:{entry.name}"] = asyncio.create_task(self._dns_loop(entry), name=f"dns-{entry.name}")
 
     async def close(self) -> None:
-        for task in self._probe_tasks:
+        tasks, self._tasks = list(self._tasks.values()), {}
+        for task in tasks:
             task.cancel()
-        for task in self._probe_tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._probe_tasks = []
         for upstream in self.upstreams.values():
             if upstream.session is not None:
                 await upstream.session.close()
                 upstream.session = None
+
+    def _start_probing(self, upstream: Upstream) -> None:
+        self._tasks[upstream.name] = asyncio.create_task(self._probe_loop(upstream), name=f"probe-{upstream.name}")
+
+    async def add(self, config: UpstreamConfig) -> Upstream:
+        """A new member: connection pool, a first probe, then its probe loop."""
+        upstream = self._new_upstream(config)
+        self._open(upstream)
+        await self.probe(upstream)
+        self.upstreams[upstream.name] = upstream
+        self._start_probing(upstream)
+        logger.info("upstream %s (%s) added", upstream.name, upstream.base_url)
+        return upstream
+
+    async def remove(self, name: str) -> None:
+        """A member leaves: no new work from now on; its connections close once what it is
+        running has finished (or after the whole-run timeout)."""
+        upstream = self.upstreams.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        if upstream is None:
+            return
+        upstream.health.draining = True
+        upstream.healthy_gauge.set(0)
+        logger.info("upstream %s removed", name)
+        deadline = self.clock() + self.settings.timeouts.run_s
+        while upstream.in_flight and self.clock() < deadline:
+            await asyncio.sleep(1.0)  # housekeeping of a departed member, not on any request's path
+        if upstream.session is not None:
+            await upstream.session.close()
+            upstream.session = None
+
+    # -- DNS discovery ---------------------------------------------------------------------------
+
+    def _dns_entries(self) -> List[UpstreamConfig]:
+        return [config for config in self.settings.upstreams if config.dns is not None]
+
+    async def _lookup(self, entry: UpstreamConfig) -> Optional[List[Tuple[str, int]]]:
+        host, _, port = (entry.dns or "").rpartition(":")
+        try:
+            return await self.resolver(host, int(port))
+        except (OSError, ValueError) as error:  # keep the last answer: DNS trouble is not a dead pool
+            logger.warning("upstream %s: cannot resolve %s: %s", entry.name, entry.dns, error)
+            return None
+
+    async def _apply_dns(self, entry: UpstreamConfig, addresses: List[Tuple[str, int]]) -> None:
+        """Members for every address of the answer; members of addresses gone leave."""
+        wanted = {config.name: config for config in (entry.for_address(host, port) for host, port in addresses)}
+        current = self._discovered.get(entry.name, set())
+        started = self._tasks.get(f"dns:{entry.name}") is not None
+        for name in sorted(set(wanted) - current):
+            if started:
+                await self.add(wanted[name])
+            else:  # before start(): opened and probed with the others
+                self.upstreams[name] = self._new_upstream(wanted[name])
+        for name in sorted(current - set(wanted)):
+            asyncio.ensure_future(self.remove(name))
+        self._discovered[entry.name] = set(wanted)
+
+    async def _dns_loop(self, entry: UpstreamConfig) -> None:
+        while True:
+            await asyncio.sleep(entry.dns_refresh_s)
+            addresses = await self._lookup(entry)
+            if addresses is not None:
+                try:
+                    await self._apply_dns(entry, addresses)
+                except Exception:  # a discovery loop must outlive any surprise
+                    logger.exception("upstream %s: applying the DNS answer failed", entry.name)
 
     # -- active health and membership ------------------------------------------------------------
 

@@ -54,17 +54,36 @@ class Strict(BaseModel):
 UPSTREAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
+DNS_TARGET_PATTERN = r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$"
+
+
 class UpstreamConfig(Strict):
-    """One AgentOS server. Its own key is injected by the gateway on every request to it."""
+    """One AgentOS server (``url``), or every address a DNS name resolves to (``dns``: each
+    address an upstream named ``<name>-<address>-<port>``, looked up again every ``dns_refresh_s``:
+    a Kubernetes headless service scales the pool). Its own key is injected on every request."""
 
     name: str = Field(pattern=UPSTREAM_NAME_PATTERN, description="shown in x-agentos-gateway-upstream")
-    url: AnyHttpUrl = Field(description="http(s)://host:port of the AgentOS")
+    url: Optional[AnyHttpUrl] = Field(None, description="http(s)://host:port of the AgentOS")
+    dns: Optional[str] = Field(None, pattern=DNS_TARGET_PATTERN, description="host:port to resolve instead of url")
+    dns_refresh_s: float = Field(10.0, gt=0, description="how often a dns entry is resolved again")
     weight: float = Field(1.0, gt=0, le=1000, description="share of sessions, relative to the others")
     api_key: Optional[str] = Field(None, min_length=1, repr=False, description="the upstream's OS_SECURITY_KEY")
+
+    @model_validator(mode="after")
+    def _url_or_dns(self) -> "UpstreamConfig":
+        if (self.url is None) == (self.dns is None):
+            raise ValueError("give exactly one of url and dns")
+        return self
 
     @property
     def base_url(self) -> str:
         return str(self.url).rstrip("/")
+
+    def for_address(self, host: str, port: int) -> "UpstreamConfig":
+        """The upstream a DNS answer's address stands for."""
+        name = f"{self.name}-{host.replace(':', '.')}-{port}"
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return UpstreamConfig(name=name[:63], url=url, weight=self.weight, api_key=self.api_key)
 
 
 class HealthSettings(Strict):

@@ -81,7 +81,8 @@ def test_every_bad_field_is_named_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     errors = result.stderr.split("configuration error:\n", 1)[1].splitlines()
     fields = sorted(line.split(": ")[1] for line in errors)
-    assert fields == ["surprise", "upstreams.0.weight", "upstreams.1.url"], result.stderr
+    assert fields == ["surprise", "upstreams.0.weight", "upstreams.1"], result.stderr
+    assert "give exactly one of url and dns" in result.stderr
     assert result.stdout == ""  # nothing is probed or shown for a file that does not load
 
 

@@ -29,23 +29,22 @@ K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.30"
 TOOL_TIMEOUT_S = 60
 
-# The names the gateway exports (gateway/metrics.py).
-EXPORTED_METRICS = frozenset(
-    {
-        "agentos_gateway_requests_total",
-        "agentos_gateway_request_duration_seconds",
-        "agentos_gateway_time_to_first_byte_seconds",
-        "agentos_gateway_runs_total",
-        "agentos_gateway_active_streams",
-        "agentos_gateway_stream_events_total",
-        "agentos_gateway_upstream_requests_total",
-        "agentos_gateway_upstream_in_flight",
-        "agentos_gateway_upstream_healthy",
-        "agentos_gateway_upstream_ejections_total",
-        "agentos_gateway_retries_total",
-        "agentos_gateway_probe_duration_seconds",
-    }
-)
+def _exported_metric_names() -> frozenset:
+    """The sample names the gateway's collectors export (gateway/metrics.py), as a scrape shows
+    them: counters with ``_total``, histograms by their base name."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from gateway import metrics
+
+    names = set()
+    for collector in vars(metrics).values():
+        if isinstance(collector, MetricWrapperBase):
+            for family in collector.describe():
+                names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    return frozenset(names)
+
+
+EXPORTED_METRICS = _exported_metric_names()
 
 
 def tool(name: str) -> str:
@@ -304,6 +303,10 @@ def test_k8s_gateway_discovers_the_upstreams_through_the_headless_service() -> N
     }
     args = by_kind("Deployment")["agentos-gateway"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--config") + 1] == "/etc/agentos-gateway/gateway.yaml"
+    from gateway.settings import Settings
+
+    (upstream,) = Settings(**config).upstreams  # the gateway itself accepts it
+    assert upstream.dns == entry["dns"] and upstream.url is None
 
 
 # -- Dockerfile --------------------------------------------------------------------------------------
