@@ -127,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 0
         from gateway.api.app import create_app
 
-        app = create_app(settings)
+        app = create_app(settings, config_path=args.config)
     except ConfigError as error:
         return _fail_config(error)
     configure_logging()

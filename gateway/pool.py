@@ -186,6 +186,46 @@ class Pool:
             await upstream.session.close()
             upstream.session = None
 
+    async def reconfigure(self, settings: Settings) -> None:
+        """Apply a reloaded configuration without dropping work: new upstreams join (probed
+        first), removed ones leave once idle, changed ones are replaced, weights and policies
+        change in place; DNS entries start or stop being followed."""
+        old_static = {c.name: c for c in self.settings.upstreams if c.dns is None}
+        new_static = {c.name: c for c in settings.upstreams if c.dns is None}
+        old_dns = {c.name: c for c in self.settings.upstreams if c.dns is not None}
+        new_dns = {c.name: c for c in settings.upstreams if c.dns is not None}
+        self.settings = settings
+        self.retry_budget = RetryBudget(settings.retry.budget_percent, settings.retry.min_retry_concurrency)
+        health_policy = HealthPolicy(settings.health.healthy_threshold, settings.health.unhealthy_threshold)
+        outlier_policy = OutlierPolicy(**settings.outlier.model_dump())
+        for upstream in self.upstreams.values():
+            upstream.health.health_policy, upstream.health.outlier_policy = health_policy, outlier_policy
+        for name in sorted(set(old_static) - set(new_static)):
+            asyncio.ensure_future(self.remove(name))
+        for name, config in sorted(new_static.items()):
+            current = self.upstreams.get(name)
+            if current is None or name not in old_static:
+                if current is not None:
+                    asyncio.ensure_future(self.remove(name))
+                await self.add(config)
+            elif (config.base_url, config.api_key) != (current.config.base_url, current.config.api_key):
+                asyncio.ensure_future(self.remove(name))  # in-flight work ends on the old connections
+                await self.add(config)
+            else:
+                current.config = config  # a new weight takes effect with the next choice
+        for name in sorted(set(old_dns) - set(new_dns)):
+            task = self._tasks.pop(f"dns:{name}", None)
+            if task is not None:
+                task.cancel()
+            for member in sorted(self._discovered.pop(name, set())):
+                asyncio.ensure_future(self.remove(member))
+        for name, entry in sorted(new_dns.items()):
+            if old_dns.get(name) != entry:
+                task = self._tasks.pop(f"dns:{name}", None)
+                if task is not None:
+                    task.cancel()
+                self._tasks[f"dns:{name}"] = asyncio.create_task(self._dns_loop(entry, first_now=True), name=f"dns-{name}")
+
     # -- DNS discovery ---------------------------------------------------------------------------
 
     def _dns_entries(self) -> List[UpstreamConfig]:
@@ -213,9 +253,11 @@ class Pool:
             asyncio.ensure_future(self.remove(name))
         self._discovered[entry.name] = set(wanted)
 
-    async def _dns_loop(self, entry: UpstreamConfig) -> None:
+    async def _dns_loop(self, entry: UpstreamConfig, first_now: bool = False) -> None:
         while True:
-            await asyncio.sleep(entry.dns_refresh_s)
+            if not first_now:
+                await asyncio.sleep(entry.dns_refresh_s)
+            first_now = False
             addresses = await self._lookup(entry)
             if addresses is not None:
                 try:

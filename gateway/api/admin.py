@@ -4,13 +4,16 @@ never the gateway's API keys; with no key configured it is off."""
 from __future__ import annotations
 
 import hmac
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from gateway.pool import Pool, Upstream
-from gateway.settings import Settings
+from gateway.settings import ConfigError, Settings
 from gateway.wire.kinds import EntityKind
+
+if TYPE_CHECKING:
+    from gateway.api.services import Services
 
 
 def _admin_guard(settings: Settings):  # type: ignore[no-untyped-def]
@@ -44,8 +47,9 @@ def describe(pool: Pool, upstream: Upstream) -> Dict[str, Any]:
     }
 
 
-def admin_router(settings: Settings, pool: Optional[Pool]) -> APIRouter:
+def admin_router(settings: Settings, services: "Services") -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["Admin"], dependencies=[Depends(_admin_guard(settings))])
+    pool = services.pool
 
     def named(name: str) -> Upstream:
         upstream = pool.upstreams.get(name) if pool is not None else None
@@ -68,5 +72,15 @@ def admin_router(settings: Settings, pool: Optional[Pool]) -> APIRouter:
         upstream = named(name)
         upstream.health.draining = False
         return describe(pool, upstream)  # type: ignore[arg-type]
+
+    @router.post("/reload", summary="Read the configuration file again and apply it (as SIGHUP)")
+    async def reload() -> Dict[str, Any]:
+        try:
+            names = await services.reload()
+        except ConfigError as error:
+            raise HTTPException(
+                status_code=400, detail=f"Reload refused, the running configuration stays: {error}"
+            ) from None
+        return {"reloaded": True, "upstreams": names}
 
     return router

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+import signal
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
@@ -16,40 +17,18 @@ from gateway import __version__
 from gateway.api.body_limit import BodyLimitMiddleware
 from gateway.api.admin import admin_router
 from gateway.api.auth import AuthMiddleware
-from gateway.api.limits import HeaderLimitMiddleware, Limiter
+from gateway.api.limits import HeaderLimitMiddleware
+from gateway.api.services import Services
 from gateway.api.observe import ObserveMiddleware
 from gateway.api.catalog import catalog_router
-from gateway.api.forwarding import Forwarder
 from gateway.api.runs import runs_router
 from gateway.api.sessions import sessions_router
 from gateway.local import LocalRegistry
 from gateway.metrics import scrape
 from gateway.proxy import AFFINITY_HEADER, UPSTREAM_HEADER
-from gateway.pool import Pool
-from gateway.routing import Directory
 from gateway.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """What the routes share: built once per app."""
-
-    settings: Settings
-    registry: LocalRegistry
-    pool: Optional[Pool]
-    forwarder: Optional[Forwarder]
-    directory: Directory
-    limiter: Limiter
-    draining: bool = False  # set on SIGTERM: /ready answers 503 so load balancers stop sending
-
-    def ready(self) -> Tuple[bool, str]:
-        if self.draining:
-            return False, "shutting down"
-        if self.pool is not None and not self.pool.any_usable() and not self.registry.ids_any():
-            return False, "no usable upstream"
-        return True, "ok"
 
 
 def create_worker_app() -> FastAPI:
@@ -60,26 +39,26 @@ def create_worker_app() -> FastAPI:
     return create_app()
 
 
-def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalRegistry] = None) -> FastAPI:
+def create_app(
+    settings: Optional[Settings] = None, *, registry: Optional[LocalRegistry] = None, config_path: Optional[str] = None
+) -> FastAPI:
     """The gateway app for ``settings`` (default: the file/env configuration, see ``load_settings``).
 
     Raises ``ConfigError`` when a configured component cannot be loaded. Upstreams are probed
     once at startup, before the first request; with ``on_conflict: error`` an id served both
     locally and by an upstream then stops the startup.
     """
-    settings = settings if settings is not None else load_settings()
+    settings = settings if settings is not None else load_settings(config_path)
     registry = registry if registry is not None else LocalRegistry.from_config(settings.local)
-    pool = Pool(settings) if settings.upstreams else None
-    forwarder = Forwarder(pool, settings) if pool is not None else None
-    services = Services(
-        settings, registry, pool, forwarder, Directory(registry, pool, settings.on_conflict), Limiter(settings.limits)
-    )
+    services = Services.build(settings, registry, config_path)
+    pool, forwarder = services.pool, services.forwarder
     instantiated_at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if pool is not None:
             await pool.start()
+        _reload_on_sighup(services)
         try:
             conflicts = services.directory.conflicts() if settings.on_conflict == "error" else []
             if conflicts:
@@ -96,7 +75,7 @@ def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalR
         lifespan=lifespan,
     )
     # Outermost last: every answer, refusals included, gets a request id, a metric and a log line.
-    app.add_middleware(AuthMiddleware, keys=settings.auth.keys)
+    app.add_middleware(AuthMiddleware, keyring=services.keyring)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
@@ -142,5 +121,25 @@ def create_app(settings: Optional[Settings] = None, *, registry: Optional[LocalR
     app.include_router(runs_router(services.directory, forwarder, services.limiter))
     app.include_router(catalog_router(settings, registry, services.directory, forwarder))
     app.include_router(sessions_router(services.directory, forwarder))
-    app.include_router(admin_router(settings, pool))
+    app.include_router(admin_router(settings, services))
     return app
+
+
+def _reload_on_sighup(services: Services) -> None:
+    """SIGHUP re-reads the configuration (in the main thread's loop only: a test client's or a
+    worker's loop has no signals to take)."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        async def run() -> None:
+            try:
+                await services.reload()
+            except ConfigError as error:
+                logger.error("reload refused, the running configuration stays:\n%s", error)
+
+        asyncio.ensure_future(run())
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, ValueError):
+        logger.debug("no SIGHUP reload in this process")

@@ -67,19 +67,37 @@ def entity_of(path: str) -> Optional[Tuple[str, str]]:
     return None
 
 
-class AuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: Sequence[ApiKey]) -> None:
-        self.app = app
+class Keyring:
+    """The client keys in force; replaced whole on a reload."""
+
+    def __init__(self, keys: Sequence[ApiKey] = ()) -> None:
         self.keys: Dict[bytes, _Key] = {}
+        self.load(keys)
+
+    def load(self, keys: Sequence[ApiKey]) -> None:
+        loaded: Dict[bytes, _Key] = {}
         for key in keys:
             digest = hashlib.sha256(key.key.encode()).digest()
-            bucket = TokenBucket(key.rate_per_s, float(key.burst or max(1, math.ceil(key.rate_per_s)))) if key.rate_per_s else None
+            old = self.keys.get(digest)
+            same_rate = old is not None and old.bucket is not None and key.rate_per_s == old.bucket.rate_per_s
+            bucket = (
+                old.bucket if same_rate else
+                TokenBucket(key.rate_per_s, float(key.burst or max(1, math.ceil(key.rate_per_s)))) if key.rate_per_s
+                else None
+            )  # fmt: skip
             entities = frozenset(key.entities) if key.entities is not None else None
-            self.keys[digest] = _Key(key.name, digest, entities, bucket)
+            loaded[digest] = _Key(key.name, digest, entities, bucket)
+        self.keys = loaded
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keyring: Keyring) -> None:
+        self.app = app
+        self.keyring = keyring
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not self.keys or path in OPEN_PATHS or path.startswith("/admin"):
+        if scope["type"] != "http" or not self.keyring.keys or path in OPEN_PATHS or path.startswith("/admin"):
             await self.app(scope, receive, send)
             return
         refusal = self._check(scope, path)
@@ -94,7 +112,7 @@ class AuthMiddleware:
         if token is None:
             return 401, "Authorization header required", [(b"www-authenticate", b"Bearer")]
         digest = hashlib.sha256(token).digest()
-        key = self.keys.get(digest)
+        key = self.keyring.keys.get(digest)
         if key is None or not hmac.compare_digest(key.digest, digest):
             return 401, "Invalid authentication token", [(b"www-authenticate", b"Bearer")]
         scope.setdefault("state", {})["api_key"] = key.name

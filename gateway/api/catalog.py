@@ -139,15 +139,16 @@ def catalog_router(
     @router.get("/config", summary="What this gateway serves, in AgentOS's shape (local and upstreams)")
     async def config() -> Dict[str, Any]:
         upstreams = list(forwarder.pool.upstreams.values()) if forwarder is not None else []
-        return merged_config(settings, registry, directory, upstreams)
+        return merged_config(settings, directory.registry, directory, upstreams)
 
     for kind in EntityKind:
-        _add_listing_routes(router, kind, registry, directory, forwarder, usable_upstreams)
+        _add_listing_routes(router, kind, directory, forwarder, usable_upstreams)
     return router
 
 
-def _add_listing_routes(router, kind, registry, directory, forwarder, usable_upstreams) -> None:  # type: ignore[no-untyped-def]
+def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams) -> None:  # type: ignore[no-untyped-def]
     async def listing() -> List[Dict[str, Any]]:
+        registry = directory.registry
         items = [await local_detail(entity) for entity in (registry.get(kind, i) for i in registry.ids(kind)) if entity]
         remote_lists = await asyncio.gather(*(_listing(upstream, kind) for upstream in usable_upstreams()))
         seen = {item["id"] for item in items}

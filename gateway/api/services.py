@@ -1,0 +1,82 @@
+"""What the routes share, built once per app, and how a reload replaces parts of it.
+
+A reload (SIGHUP or ``POST /admin/reload``) reads the configuration file again. A file that does
+not load (a bad field, a component that does not import) is refused whole: the running
+configuration stays. A good one is applied in place: upstreams join and leave (their streams in
+flight finish), weights, policies, timeouts, retries, affinity, keys, run limits and local
+components change. What binds the process (host, port, workers), body and header limits, CORS,
+the access log switch and the admin key need a restart; a gateway started without upstreams
+cannot gain some by reload.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from gateway.api.auth import Keyring
+from gateway.api.forwarding import Forwarder
+from gateway.api.limits import Limiter
+from gateway.local import LocalRegistry
+from gateway.pool import Pool
+from gateway.routing import Directory
+from gateway.settings import ConfigError, Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: LocalRegistry
+    pool: Optional[Pool]
+    forwarder: Optional[Forwarder]
+    directory: Directory
+    limiter: Limiter
+    keyring: Keyring
+    config_path: Optional[str] = None  # what a reload reads (None: $GATEWAY_CONFIG or the embedded default)
+    draining: bool = False  # set on SIGTERM: /ready answers 503 so load balancers stop sending
+    reloads: int = field(default=0)
+
+    @classmethod
+    def build(cls, settings: Settings, registry: LocalRegistry, config_path: Optional[str] = None) -> "Services":
+        pool = Pool(settings) if settings.upstreams else None
+        forwarder = Forwarder(pool, settings) if pool is not None else None
+        return cls(
+            settings=settings,
+            registry=registry,
+            pool=pool,
+            forwarder=forwarder,
+            directory=Directory(registry, pool, settings.on_conflict),
+            limiter=Limiter(settings.limits),
+            keyring=Keyring(settings.auth.keys),
+            config_path=config_path,
+        )
+
+    def ready(self) -> Tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
+        if self.pool is not None and not self.pool.any_usable() and not self.registry.ids_any():
+            return False, "no usable upstream"
+        return True, "ok"
+
+    async def reload(self) -> List[str]:
+        """Read the configuration again and apply it; ``ConfigError`` (nothing changed) when it
+        cannot be used. Returns the upstream names in force afterwards."""
+        settings = load_settings(self.config_path)
+        registry = LocalRegistry.from_config(settings.local)
+        if self.pool is None and settings.upstreams:
+            raise ConfigError("upstreams: this gateway started without upstreams; adding some needs a restart")
+        if self.pool is not None:
+            await self.pool.reconfigure(settings)
+        if self.forwarder is not None:
+            self.forwarder.settings = self.forwarder.proxy.settings = settings
+        self.directory.registry, self.directory.on_conflict = registry, settings.on_conflict
+        self.limiter.limits = settings.limits
+        self.keyring.load(settings.auth.keys)
+        self.settings, self.registry = settings, registry
+        self.reloads += 1
+        names = sorted(self.pool.upstreams) if self.pool is not None else []
+        logger.info("configuration reloaded: upstreams %s", ", ".join(names) or "none")
+        return names
