@@ -34,6 +34,13 @@ def _samples(scrape: str, name: str) -> Dict[str, float]:
     return found
 
 
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
 # -- metrics -----------------------------------------------------------------------------------------
 
 
@@ -215,12 +222,16 @@ async def test_runs_and_streams_beyond_their_bounds_are_refused_at_once(limited_
                 return (await client.post("/v1/agents/echo-agent/run", json={"input": "slow: a b c d"})).status_code
 
             # 1,000 runs at once beyond the bound: refused at once, none waits in a queue
+            rss_before = _rss_mb(limited_gateway.process.pid)
             started = time.monotonic()
             async with asyncio.timeout(60):
                 codes = await asyncio.gather(*(one(client) for _ in range(1000)))
             print(f"1,000 runs over the limit answered in {time.monotonic() - started:.2f} s")
             # the one free slot serves a few as earlier ones end; the rest are refused, none waits
             assert set(codes) <= {200, 503} and codes.count(503) >= 900
+            rss_growth = _rss_mb(limited_gateway.process.pid) - rss_before
+            print(f"gateway RSS after the burst: {rss_growth:+.1f} MB")
+            assert rss_growth < 32  # nothing of the refused requests is kept
         after = await client.post("/v1/agents/echo-agent/run", json=slow)
         assert after.status_code == 200  # every slot came back
 
@@ -301,6 +312,10 @@ async def test_two_workers_merge_their_metrics(log_dir, pool_upstreams, tmp_path
         start_server, "workers-gateway", ["serve", "--config", str(config_path), "--workers", "2"], log_dir, env
     )
     try:
+        deadline = time.monotonic() + 30
+        while gateway.log().count("Application startup complete.") < 2:  # both workers up
+            assert time.monotonic() < deadline, gateway.log()
+            await asyncio.sleep(0.05)
         marker = f"w-{uuid.uuid4().hex[:8]}"
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             codes = await asyncio.gather(
@@ -308,8 +323,6 @@ async def test_two_workers_merge_their_metrics(log_dir, pool_upstreams, tmp_path
             )
             assert {response.status_code for response in codes} == {200}
             scrape = (await client.get("/metrics")).text
-        pids = {line for line in gateway.log().splitlines() if "Started server process" in line}
-        assert len(pids) >= 2, "two worker processes"
         served = _samples(scrape, "agentos_gateway_requests_total")
         assert served['{code="200",entity="echo-agent",kind="agent",route="/v1/agents/{entity_id}/run"}'] == 40
     finally:

@@ -1,0 +1,139 @@
+"""Hostile input to a pool gateway: odd ids and paths, header injection, attempts to pick the
+upstream URL, oversized bodies, clients that hold streams without reading."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import List
+
+import httpx
+import pytest
+
+from tests.pools import answered_by
+
+
+def _raw_request(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Bytes sent as they are (no client normalizes the path), the answer read to its end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks: List[bytes] = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/agents/echo-agent%2F..%2F..%2Fadmin/run",
+        "/v1/agents/..%2F..%2Fconfig/run",
+        "/v1/agents/../../config/run",
+        "/v1/agents/echo-agent/../echo-agent/run",
+        "/v1/agents/%2e%2e/run",
+        "/v1/agents/caf%C3%A9/run",
+        "/v1/agents/%E2%80%AE/run",
+        "/v1/agents/x%0D%0AX-Evil:%201/run",
+        "/v1/agents/x%00y/run",
+        "/agents/echo-agent%2F..%2Fx/runs",
+        "//evil.example/v1/agents/echo-agent/run",
+    ],
+)
+def test_odd_paths_never_reach_an_upstream_as_something_else(pool_gateway, path: str) -> None:
+    body = b'{"input": "hi"}'
+    answer = _raw_request(
+        pool_gateway.port,
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body,
+    )
+    status = _status(answer)
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert status in (400, 404, 405, 422), answer[:300]
+    assert b"x-evil" not in head and b"x-agentos-gateway-upstream" not in head
+
+
+async def test_the_client_cannot_choose_the_upstream_url(pool_gateway) -> None:
+    """Absolute-form request lines, Host and forwarding headers, URL-ish body fields: the run
+    goes to a configured upstream, and nothing else is contacted."""
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(8)
+    trap.setblocking(False)
+    trap_url = f"http://127.0.0.1:{trap.getsockname()[1]}"
+    try:
+        body = f'{{"input": "hi", "base_url": "{trap_url}", "url": "{trap_url}", "upstream": "{trap_url}"}}'.encode()
+        answer = await asyncio.to_thread(
+            _raw_request,
+            pool_gateway.port,
+            f"POST {trap_url}/v1/agents/echo-agent/run HTTP/1.1\r\nHost: {trap_url[7:]}\r\n".encode()
+            + f"X-Forwarded-Host: {trap_url[7:]}\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: host={trap_url[7:]}\r\n".encode()
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body,
+        )
+        assert _status(answer) == 200, answer[:300]
+        assert answered_by(answer.decode(errors="replace"))[0] in {"pool-a", "pool-b"}
+        with pytest.raises(BlockingIOError):
+            trap.accept()  # nobody came
+    finally:
+        trap.close()
+
+
+async def test_header_injection_through_session_and_request_ids(pool_gateway) -> None:
+    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
+        sneaky = "s1\r\nX-Evil: 1"
+        response = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": sneaky})
+        assert response.status_code == 200 and response.json()["session_id"] == sneaky
+        assert "x-evil" not in response.headers
+        follow_up = await client.post("/v1/agents/echo-agent/run", json={"input": "again", "session_id": sneaky})
+        assert answered_by(follow_up.json()["content"])[1] == 2  # an odd id is still one session
+    answer = await asyncio.to_thread(
+        _raw_request,
+        pool_gateway.port,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: ok\r\n X-Evil: folded\r\nConnection: close\r\n\r\n",
+    )
+    assert _status(answer) == 400 or b"x-evil" not in answer.split(b"\r\n\r\n", 1)[0].lower()
+
+
+async def test_an_oversized_body_is_refused_before_any_upstream_sees_it(pool_gateway) -> None:
+    big = b'{"input": "' + b"x" * (11 * 1024 * 1024) + b'"}'
+    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=60) as client:
+        declared = await client.post("/v1/agents/echo-agent/run", content=big, headers={"content-type": "application/json"})
+
+        async def chunks():
+            for start in range(0, len(big), 1 << 20):
+                yield big[start : start + (1 << 20)]
+
+        chunked = await client.post("/agents/echo-agent/runs", content=chunks(), headers={"content-type": "application/x-www-form-urlencoded"})
+    for response in (declared, chunked):
+        assert response.status_code == 413 and "detail" in response.json()
+        assert "x-agentos-gateway-upstream" not in response.headers
+
+
+async def test_clients_that_hold_streams_do_not_slow_the_others(pool_gateway) -> None:
+    """Twenty clients open slow streams and never read them; the others are served as before."""
+    held = []
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", pool_gateway.port), timeout=10)
+            body = b'{"input": "slow: ' + b"w " * 40 + b'", "stream": true}'
+            sock.sendall(
+                b"POST /v1/agents/echo-agent/run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            )
+            held.append(sock)
+        async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
+            async with asyncio.timeout(30):
+                answers = await asyncio.gather(
+                    *(client.post("/v1/agents/echo-agent/run", json={"input": f"{n} + 1"}) for n in range(20))
+                )
+        assert [answer.status_code for answer in answers] == [200] * 20
+        assert [answer.json()["content"].split(" [")[0] for answer in answers] == [f"{n} + 1 = {n + 1}" for n in range(20)]
+    finally:
+        for sock in held:
+            sock.close()
