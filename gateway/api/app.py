@@ -86,23 +86,6 @@ def create_app(
     app.add_middleware(ObserveMiddleware, access_log=settings.access_log)
     app.state.services = services
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        """AgentOS's answer to an unhandled error: an agno error carrying a 4xx status is the
-        caller's and says so; anything else (or a status that is no error's) is a 500 naming only
-        the type, since the message may carry internals (SQL, hosts); agno's ``error_id`` and
-        ``error_type`` when the error has them."""
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        status_code = getattr(error, "status_code", 500)
-        if not isinstance(status_code, int) or not 400 <= status_code < 600:
-            status_code = 500
-        detail = str(error) if status_code < 500 else f"Internal server error ({type(error).__name__})"
-        body: Dict[str, Any] = {"detail": detail}
-        error_id = getattr(error, "error_id", None)
-        if error_id:
-            body["error_id"] = error_id
-            body["error_type"] = getattr(error, "error_type", None) or getattr(error, "type", None)
-        return JSONResponse(body, status_code=status_code)
 
     @app.get("/health", tags=["Health"], summary="Liveness: the process answers")
     async def health() -> Dict[str, Any]:

@@ -7,6 +7,7 @@ A pure ASGI middleware (no per-request dependency injection): it reads what the 
   and sent upstream.
 * W3C ``traceparent``: the upstream gets the client's trace id with this hop's own span id, or a
   new trace when the client sent none (or a malformed one).
+* An unhandled error becomes AgentOS's JSON answer here, so it carries a request id too.
 * Access log: one JSON line per request on the ``agentos_gateway.access`` logger: request id,
   method, route, kind, entity, upstream, status, duration, retries. Never bodies or credentials.
 """
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import metrics
 
 access_logger = logging.getLogger("agentos_gateway.access")
+logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -68,13 +70,14 @@ class ObserveMiddleware:
         state["request_id"] = request_id
         state["traceparent"] = new_traceparent(headers.get("traceparent"))
         status = 500
+        status_sent = False
         first_byte: Optional[float] = None
         id_header = (b"x-request-id", request_id.encode())
 
         async def send_observed(message: Message) -> None:
-            nonlocal status, first_byte
+            nonlocal status, status_sent, first_byte
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, status_sent = message["status"], True
                 message["headers"] = [*message.get("headers", []), id_header]
             elif first_byte is None and message["type"] == "http.response.body":
                 first_byte = time.perf_counter()
@@ -82,6 +85,19 @@ class ObserveMiddleware:
 
         try:
             await self.app(scope, receive, send_observed)
+        except Exception as error:
+            if status_sent:
+                raise  # mid-answer: nothing can be said to the client any more
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status, body = error_answer(error)
+            await send_observed(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send_observed({"type": "http.response.body", "body": body})
         finally:
             ended = time.perf_counter()
             route, kind = _route_labels(scope)
@@ -108,6 +124,22 @@ class ObserveMiddleware:
                         separators=(",", ":"),
                     )
                 )
+
+
+def error_answer(error: Exception) -> Tuple[int, bytes]:
+    """AgentOS's answer to an unhandled error: an agno error carrying a 4xx status is the caller's
+    and says so; anything else (or a status that is no error's) is a 500 naming only the type,
+    since the message may carry internals (SQL, hosts); agno's ``error_id`` and ``error_type``
+    when the error has them."""
+    status = getattr(error, "status_code", 500)
+    if not isinstance(status, int) or not 400 <= status < 600:
+        status = 500
+    body: Dict[str, Any] = {"detail": str(error) if status < 500 else f"Internal server error ({type(error).__name__})"}
+    error_id = getattr(error, "error_id", None)
+    if error_id:
+        body["error_id"] = error_id
+        body["error_type"] = getattr(error, "error_type", None) or getattr(error, "type", None)
+    return status, json.dumps(body).encode()
 
 
 def _headers_of(scope: Scope) -> Dict[str, str]:
