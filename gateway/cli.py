@@ -46,14 +46,39 @@ def port_number(text: str) -> int:
     return _bounded_int(text, 0, MAX_PORT, "a port number")
 
 
-def _serve_app(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0) -> None:
-    import uvicorn
+def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, server_class: Any = None,
+         workers: int = 1) -> None:  # fmt: skip
+    """uvicorn on ``host:port``, or on an inherited socket ``fd``.
 
-    listen: dict = {"fd": fd} if fd is not None else {"host": host, "port": port}
-    uvicorn.run(
-        app, log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False,
-        timeout_graceful_shutdown=grace_s, **listen,
-    )  # fmt: skip
+    An inherited socket is handed to uvicorn as a socket object of its real family: given the
+    bare fd, uvicorn takes it for a Unix socket, and the TCP connections it accepts then lack
+    TCP_NODELAY (every answer written in two parts waits ~40 ms for a delayed ACK).
+    """
+    import socket as sockets
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    options: dict = dict(
+        log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False, timeout_graceful_shutdown=grace_s
+    )
+    if isinstance(app, str):
+        options.update(factory=True, workers=workers)
+    if fd is None:
+        config = uvicorn.Config(app, host=host, port=port, **options)
+        listener = config.bind_socket() if workers > 1 else None
+    else:
+        config = uvicorn.Config(app, **options)
+        listener = sockets.socket(fileno=fd)
+    server = (server_class or uvicorn.Server)(config)
+    if workers > 1:
+        Multiprocess(config, sockets=[listener]).run()
+    else:
+        server.run(sockets=[listener] if listener is not None else None)
+
+
+def _serve_app(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0) -> None:
+    _run(app, host=host, port=port, fd=fd, grace_s=grace_s)
 
 
 def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int]) -> None:
@@ -63,12 +88,6 @@ def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int]) -> None:
     import threading
 
     import uvicorn
-
-    listen: dict = {"fd": fd} if fd is not None else {"host": settings.host, "port": settings.port}
-    config = uvicorn.Config(
-        app, log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False,
-        timeout_graceful_shutdown=settings.shutdown.grace_s, **listen,
-    )  # fmt: skip
 
     class DrainingServer(uvicorn.Server):
         draining = False
@@ -83,7 +102,7 @@ def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int]) -> None:
                 return
             super().handle_exit(sig, frame)
 
-    DrainingServer(config).run()
+    _run(app, host=settings.host, port=settings.port, fd=fd, grace_s=settings.shutdown.grace_s, server_class=DrainingServer)
 
 
 def _serve_workers(args: argparse.Namespace, settings: Any) -> None:
@@ -91,19 +110,15 @@ def _serve_workers(args: argparse.Namespace, settings: Any) -> None:
     configuration (passed by environment) and sharing metrics through a multiprocess directory."""
     import tempfile
 
-    import uvicorn
-
     from gateway.metrics import MULTIPROCESS_ENV
     from gateway.settings import CONFIG_ENV
 
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ.setdefault(MULTIPROCESS_ENV, tempfile.mkdtemp(prefix="agentos-gateway-metrics-"))
-    listen: dict = {"fd": args.fd} if args.fd is not None else {"host": settings.host, "port": settings.port}
-    uvicorn.run(
-        "gateway.api.app:create_worker_app", factory=True, workers=args.workers,
-        log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False,
-        timeout_graceful_shutdown=settings.shutdown.grace_s, **listen,
+    _run(
+        "gateway.api.app:create_worker_app", host=settings.host, port=settings.port, fd=args.fd,
+        grace_s=settings.shutdown.grace_s, workers=args.workers,
     )  # fmt: skip
 
 
