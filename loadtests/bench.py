@@ -1189,6 +1189,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         say("interrupted: stopping every process this run started")
         return 130
+    except Exception as error:  # noqa: BLE001 - said, with where the logs are
+        say(f"FAILED: {error!r}\nbench: the processes' logs are kept in {tmp}")
+        raise
     finally:
         procs.stop_all()
 
@@ -1196,6 +1199,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     idle_max = max(options.idle_counts)
     text = table(bench.results, idle_max, options.aborts)
     checks = goals(bench.results, idle_max, options.aborts)
+    preface = [
+        f"load: {load.name}, {options.measure_s:g} s per measure"
+        + (f"; proxies pinned to core {PROXY_CORE}, load generator, clients and upstreams to core {LOAD_CORE}" if pinned(LOAD_CORE) else "; no pinning"),
+        "gateway features on: affinity (bounded), health probes, outlier ejection, retries"
+        + "".join(f", {s}" for s in OPTIONAL_GATEWAY_SECTIONS if s not in dropped)
+        + (f"; not in this checkout, so off: {', '.join(dropped)}" if dropped else ""),
+    ]
+    text = "\n".join(preface) + "\n\n" + text
     print()
     print(text)
     print()
