@@ -213,6 +213,23 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent busy since boot (``/proc/stat``: user, nice, system, irq, softirq, steal)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def own_cpu_seconds(procs: "Processes") -> float:
+    """This script, its finished children (wrk, check-config) and the live ones (servers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = sum(cpu_seconds(child.pids()) for child in procs.children)
+    return own.ru_utime + own.ru_stime + done.ru_utime + done.ru_stime + live
+
+
 def rss_bytes(pids: Sequence[int]) -> int:
     total = 0
     for pid in pids:
@@ -1123,9 +1140,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             loud("nginx is not available: measured without it (the goals against nginx are n/a)")
             names = [n for n in names if n != "nginx"]
 
+    busy_at_start, own_at_start = machine_busy_seconds(), own_cpu_seconds(procs)
+    foreign_cpu_s = 0.0
     bench: Optional[Bench] = None
     dropped: Dict[str, str] = {}
     drop: List[str] = []
+    gateway_configured = False
     try:
         replay = procs.start("replay", [sys.executable, str(LOADTESTS / "replay_upstream.py")], core=LOAD_CORE,
                              sock=listening_socket())  # fmt: skip
@@ -1148,6 +1168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if needs_gateway:
             config = gateway_config("bench-gateway", [("replay", replay.url)])
             drop, dropped = supported_sections(tmp / "check.yaml", config)
+            gateway_configured = True
             if "gateway" in names:
                 children["gateway"] = start_gateway(procs, "gateway", gateway_config("bench-gateway", [("replay", replay.url)], drop), tmp)
         gateway_real = None
@@ -1193,6 +1214,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         say(f"FAILED: {error!r}\nbench: the processes' logs are kept in {tmp}")
         raise
     finally:
+        # CPU used meanwhile by processes this run did not start: the other work on the machine.
+        foreign_cpu_s = max(0.0, (machine_busy_seconds() - busy_at_start) - (own_cpu_seconds(procs) - own_at_start))
         procs.stop_all()
 
     elapsed = time.monotonic() - started
@@ -1202,10 +1225,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     preface = [
         f"load: {load.name}, {options.measure_s:g} s per measure"
         + (f"; proxies pinned to core {PROXY_CORE}, load generator, clients and upstreams to core {LOAD_CORE}" if pinned(LOAD_CORE) else "; no pinning"),
-        "gateway features on: affinity (bounded), health probes, outlier ejection, retries"
-        + "".join(f", {s}" for s in OPTIONAL_GATEWAY_SECTIONS if s not in dropped)
-        + (f"; not in this checkout, so off: {', '.join(dropped)}" if dropped else ""),
     ]
+    if gateway_configured:
+        preface.append(
+            "gateway features on: affinity (bounded), health probes, outlier ejection, retries"
+            + "".join(f", {s}" for s in OPTIONAL_GATEWAY_SECTIONS if s not in dropped)
+            + (f"; not in this checkout, so off: {', '.join(dropped)}" if dropped else "")
+        )
+    foreign_share = foreign_cpu_s / (elapsed * (os.cpu_count() or 1))
+    preface.append(
+        f"other processes on this machine used {foreign_cpu_s:.0f} CPU-s during the run "
+        f"({foreign_share * 100:.0f} % of {os.cpu_count()} cores): "
+        + ("quiet" if foreign_share < 0.05 else "the figures, tails most of all, carry that noise")
+    )
     text = "\n".join(preface) + "\n\n" + text
     print()
     print(text)
@@ -1228,6 +1260,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "measure_s": options.measure_s, "idle_counts": list(options.idle_counts), "aborts": options.aborts,
                 },  # fmt: skip
                 "gateway_sections_dropped": dropped,
+                "foreign_cpu_s": round(foreign_cpu_s, 1),
+                "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
                 "results": bench.results,
                 "goals": checks,
                 "table": text,
