@@ -69,12 +69,15 @@ def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, s
         listener = config.bind_socket() if workers > 1 else None
     else:
         config = uvicorn.Config(app, **options)
-        listener = sockets.socket(fileno=fd)
+        listener = sockets.socket(fileno=os.dup(fd))  # uvicorn closes its copy; the owner keeps fd
     server = (server_class or uvicorn.Server)(config)
-    if workers > 1:
-        Multiprocess(config, sockets=[listener]).run()
-    else:
-        server.run(sockets=[listener] if listener is not None else None)
+    try:
+        if workers > 1:
+            Multiprocess(config, sockets=[listener]).run()
+        else:
+            server.run(sockets=[listener] if listener is not None else None)
+    except KeyboardInterrupt:  # Ctrl-C after a clean shutdown: exit 0, as uvicorn.run does
+        pass
 
 
 def _serve_app(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0) -> None:
