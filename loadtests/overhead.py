@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import time
 from typing import Callable, Dict, List
 
@@ -17,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.auth import AuthMiddleware, Keyring
 from gateway.api.observe import ObserveMiddleware
+from gateway.logs import AccessLogWriter
 from gateway.settings import ApiKey
 
 KEY = "overhead-key-0123456789abcdef"
@@ -63,9 +63,7 @@ def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     args = parser.parse_args(argv)
-    access = logging.getLogger("agentos_gateway.access")  # formatted and written, as in service
-    access.handlers, access.propagate = [logging.StreamHandler(open("/dev/null", "w"))], False
-    access.setLevel(logging.INFO)
+    AccessLogWriter.shared().stream = open("/dev/null", "w")  # formatted and written, as in service
     results = {name: asyncio.run(cpu_per_request(app, args.requests)) for name, app in variants().items()}
     bare = results["bare route"]
     print(f"{'variant':32} {'CPU us/request':>15} {'added us':>9}")

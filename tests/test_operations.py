@@ -180,7 +180,14 @@ async def test_request_ids_trace_context_and_credentials_on_the_way_upstream(ech
         missing = await client.post("/v1/agents/nope/run", json={"input": "x"})
         assert missing.status_code == 404 and missing.headers["x-request-id"]
 
-    lines = [json.loads(line) for line in gateway.log().splitlines() if line.startswith('{"request_id"')]
+    def logged() -> List[dict]:
+        return [json.loads(line) for line in gateway.log().splitlines() if line.startswith('{"request_id"')]
+
+    deadline = time.monotonic() + 10
+    while made_id not in {line["request_id"] for line in logged()}:  # lines are written within 0.1 s
+        assert time.monotonic() < deadline, "the access log lines never came"
+        await asyncio.sleep(0.02)
+    lines = logged()
     entry = next(line for line in lines if line["request_id"] == "req-123")
     assert entry["status"] == 200 and entry["entity"] == "echo-agent" and entry["upstream"] == "echo"
     assert entry["route"] == "/v1/agents/{entity_id}/run" and entry["retries"] == 0 and entry["duration_ms"] > 0

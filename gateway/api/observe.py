@@ -8,7 +8,7 @@ A pure ASGI middleware (no per-request dependency injection): it reads what the 
 * W3C ``traceparent``: the upstream gets the client's trace id with this hop's own span id, or a
   new trace when the client sent none (or a malformed one).
 * An unhandled error becomes AgentOS's JSON answer here, so it carries a request id too.
-* Access log: one JSON line per request on the ``agentos_gateway.access`` logger: request id,
+* Access log: one JSON line per request on stdout (``gateway.logs.AccessLogWriter``): request id,
   method, route, kind, entity, upstream, status, duration, retries. Never bodies or credentials.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -24,8 +25,8 @@ from typing import Any, Dict, Optional, Tuple
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
+from gateway.logs import AccessLogWriter
 
-access_logger = logging.getLogger("agentos_gateway.access")
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -33,13 +34,14 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _KINDS = {"agents": "agent", "teams": "team", "workflows": "workflow"}
 
 
-def new_traceparent(incoming: Optional[str]) -> str:
+def new_traceparent(incoming: Optional[str], randomness: Optional[str] = None) -> str:
     """The traceparent for the upstream call: the incoming trace continued with a new span id,
-    or a new sampled trace."""
+    or a new sampled trace. ``randomness``: 48 hex digits to take the ids from."""
+    randomness = randomness or secrets.token_hex(24)
     match = _TRACEPARENT.fullmatch(incoming or "")
-    trace_id = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
+    trace_id = match.group(1) if match and match.group(1) != "0" * 32 else randomness[:32]
     flags = match.group(3) if match else "01"
-    return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
+    return f"00-{trace_id}-{randomness[32:48]}-{flags}"
 
 
 def _route_labels(scope: Scope) -> Tuple[str, str]:
@@ -53,22 +55,36 @@ def _route_labels(scope: Scope) -> Tuple[str, str]:
     return template, kind
 
 
+def _json_or_null(value: Optional[str]) -> str:
+    return "null" if value is None else json.dumps(value)
+
+
 class ObserveMiddleware:
+    """Per-request work is kept small: labelled metric children are cached by their labels (a
+    bounded set), the log line is formatted directly and handed to a buffered writer."""
+
     def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
-        self.access_log = access_log
+        self.access_log = AccessLogWriter.shared() if access_log else None
+        self._requests: Dict[Tuple[str, str, str, int], Any] = {}
+        self._timers: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = _headers_of(scope)
-        incoming_id = headers.get("x-request-id", "")
-        request_id = incoming_id if _REQUEST_ID.fullmatch(incoming_id) else secrets.token_hex(16)
+        incoming_id = incoming_trace = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming_id = value.decode("latin-1")
+            elif name == b"traceparent":
+                incoming_trace = value.decode("latin-1")
+        randomness = os.urandom(24).hex()  # one system call: request id, trace id, span id
+        request_id = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else randomness[:32]
         state: Dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["traceparent"] = new_traceparent(headers.get("traceparent"))
+        state["traceparent"] = new_traceparent(incoming_trace, randomness)
         status = 500
         status_sent = False
         first_byte: Optional[float] = None
@@ -100,30 +116,35 @@ class ObserveMiddleware:
             await send_observed({"type": "http.response.body", "body": body})
         finally:
             ended = time.perf_counter()
-            route, kind = _route_labels(scope)
-            entity = state.get("entity") or metrics.UNKNOWN_ENTITY
-            metrics.REQUESTS.labels(kind, entity, route, str(status)).inc()
-            metrics.REQUEST_DURATION.labels(kind, route).observe(ended - started)
-            if first_byte is not None:
-                metrics.TIME_TO_FIRST_BYTE.labels(kind, route).observe(first_byte - started)
-            if self.access_log:
-                access_logger.info(
-                    json.dumps(
-                        {
-                            "request_id": request_id,
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "route": route,
-                            "kind": kind or None,
-                            "entity": state.get("entity"),
-                            "upstream": state.get("upstream"),
-                            "retries": state.get("retries", 0),
-                            "status": status,
-                            "duration_ms": round((ended - started) * 1000, 3),
-                        },
-                        separators=(",", ":"),
-                    )
-                )
+            self._record(scope, state, status, started, first_byte, ended)
+
+    def _record(
+        self, scope: Scope, state: Dict[str, Any], status: int, started: float, first_byte: Optional[float], ended: float
+    ) -> None:
+        route, kind = _route_labels(scope)
+        entity: Optional[str] = state.get("entity")
+        key = (kind, entity or metrics.UNKNOWN_ENTITY, route, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = metrics.REQUESTS.labels(key[0], key[1], route, str(status))
+        counter.inc()
+        timers = self._timers.get((kind, route))
+        if timers is None:
+            timers = self._timers[(kind, route)] = (
+                metrics.REQUEST_DURATION.labels(kind, route), metrics.TIME_TO_FIRST_BYTE.labels(kind, route),
+            )  # fmt: skip
+        timers[0].observe(ended - started)
+        if first_byte is not None:
+            timers[1].observe(first_byte - started)
+        if self.access_log is not None:
+            # Every field but the path is a token the gateway checked or made: no escaping needed.
+            self.access_log.write(
+                f'{{"request_id":"{state["request_id"]}","method":"{scope["method"]}",'
+                f'"path":{json.dumps(scope["path"])},"route":"{route}","kind":{_json_or_null(kind or None)},'
+                f'"entity":{_json_or_null(entity)},"upstream":{_json_or_null(state.get("upstream"))},'
+                f'"retries":{state.get("retries", 0)},"status":{status},'
+                f'"duration_ms":{round((ended - started) * 1000, 3)}}}\n'
+            )
 
 
 def error_answer(error: Exception) -> Tuple[int, bytes]:
@@ -140,8 +161,3 @@ def error_answer(error: Exception) -> Tuple[int, bytes]:
         body["error_id"] = error_id
         body["error_type"] = getattr(error, "error_type", None) or getattr(error, "type", None)
     return status, json.dumps(body).encode()
-
-
-def _headers_of(scope: Scope) -> Dict[str, str]:
-    wanted = (b"x-request-id", b"traceparent")
-    return {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in wanted}
