@@ -55,7 +55,14 @@ class Upstream:
     in_flight: int = 0
     session: Optional[aiohttp.ClientSession] = None
 
+    def outcome_counter(self, outcome: Outcome) -> Any:
+        counter = self._outcome_counters.get(outcome)
+        if counter is None:
+            counter = self._outcome_counters[outcome] = metrics.UPSTREAM_REQUESTS.labels(self.name, outcome.value)
+        return counter
+
     def __post_init__(self) -> None:
+        self._outcome_counters: Dict[Outcome, Any] = {}
         self.in_flight_gauge = metrics.UPSTREAM_IN_FLIGHT.labels(self.name)
         self.healthy_gauge = metrics.UPSTREAM_HEALTHY.labels(self.name)
         self.healthy_gauge.set(0)
@@ -362,7 +369,7 @@ class Pool:
         """The outcome of one request to ``upstream``; ejects it when its failures say so and the
         pool can spare it (max ejection percent)."""
         now = self.clock()
-        metrics.UPSTREAM_REQUESTS.labels(upstream.name, outcome.value).inc()
+        upstream.outcome_counter(outcome).inc()
         if not upstream.health.record(outcome, now):
             return
         ejected = sum(1 for other in self.upstreams.values() if other.health.is_ejected(now))

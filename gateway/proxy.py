@@ -78,6 +78,7 @@ class UpstreamFailure(Exception):
         self.detail = detail
         self.retryable = retryable
         self.answer = answer
+        self.answered = False  # the head came, then the body broke: recorded when the request ends
         # what a retry metric calls it: the outcome, or the upstream's own 503
         self.reason = "unavailable" if status == 503 and answer is not None else outcome.value
 
@@ -188,6 +189,14 @@ class Proxy:
     async def open(self, order: Sequence[Upstream], outgoing: Outgoing, flight: Flight) -> Opened:
         """The first answer from ``order``, moving on only while no upstream can have started the
         request. Raises ``UpstreamFailure`` (the last one) when every allowed try failed."""
+        flight.on(order[0])
+        try:  # the first try without the retry machinery: almost every request ends here
+            response = await self._send(order[0], outgoing)
+            return Opened(upstream=order[0], response=response, tries=1, flight=flight)
+        except UpstreamFailure as failure:
+            first = failure
+            if len(order) < 2 or self.settings.retry.max_attempts < 2 or not self._should_retry(failure):
+                raise
         retry = self.settings.retry
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max(1, min(retry.max_attempts, len(order)))),
@@ -195,15 +204,16 @@ class Proxy:
             retry=retry_if_exception(self._should_retry),
             reraise=True,
         )
-        last: Optional[UpstreamFailure] = None
+        last: UpstreamFailure = first
         async for attempt in retrying:
             with attempt:
                 tries = attempt.retry_state.attempt_number
+                if tries == 1:
+                    raise first  # tenacity's schedule starts from the first try's failure
                 upstream = order[tries - 1]
-                if last is not None:
-                    flight.mark_retry()
-                    metrics.RETRIES.labels(last.upstream.name, last.reason).inc()
-                    logger.info("retrying on upstream %s after %s on %s", upstream.name, last.reason, last.upstream.name)
+                flight.mark_retry()
+                metrics.RETRIES.labels(last.upstream.name, last.reason).inc()
+                logger.info("retrying on upstream %s after %s on %s", upstream.name, last.reason, last.upstream.name)
                 flight.on(upstream)
                 try:
                     response = await self._send(upstream, outgoing)
@@ -427,10 +437,12 @@ async def read_answer(opened: Opened) -> Tuple[int, bytes]:
     try:
         body = await opened.response.read()
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
-        raise UpstreamFailure(
+        failure = UpstreamFailure(
             opened.upstream, Outcome.CONNECT_ERROR, 502, f"the answer was cut short ({type(error).__name__})",
             retryable=False,
-        ) from None  # fmt: skip
+        )  # fmt: skip
+        failure.answered = True
+        raise failure from None
     finally:
         opened.response.release()
     return opened.response.status, body

@@ -17,6 +17,7 @@ from gateway import __version__
 from gateway.api.body_limit import BodyLimitMiddleware
 from gateway.api.admin import admin_router
 from gateway.api.auth import AuthMiddleware
+from gateway.api.fast_path import FastRunPath
 from gateway.api.limits import HeaderLimitMiddleware
 from gateway.api.services import Services
 from gateway.api.observe import ObserveMiddleware
@@ -75,6 +76,7 @@ def create_app(
         lifespan=lifespan,
     )
     # Outermost last: every answer, refusals included, gets a request id, a metric and a log line.
+    app.add_middleware(FastRunPath, directory=services.directory, forwarder=forwarder, limiter=services.limiter)
     app.add_middleware(AuthMiddleware, keyring=services.keyring)
     if settings.cors_origins:
         app.add_middleware(

@@ -29,20 +29,29 @@ async def _disconnected(request: Request) -> None:
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """The result of ``work``; if the client disconnects first, ``work`` is cancelled and
-    ``ClientDisconnected`` raised."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """The result of ``work``, awaited in this task; if the client disconnects first, ``work`` is
+    cancelled and ``ClientDisconnected`` raised. One watcher task, no task for the work itself."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        result = await work
+    except asyncio.CancelledError:
+        if gone:
+            current.uncancel()
+            raise ClientDisconnected() from None
+        raise
     finally:
-        if not task.done():
-            task.cancel()
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-    if task.cancelled() or not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    if gone:  # the client left just as the work ended: its cancel is still pending here
+        current.uncancel()
         raise ClientDisconnected()
-    return task.result()
+    return result

@@ -7,7 +7,6 @@ the AgentOS-native routes (passed through), listings and session routes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -23,6 +22,7 @@ from gateway.balancing import AffinityMode, Choice, Outcome, choose
 from gateway.pool import Pool, Upstream
 from gateway.proxy import (
     Flight,
+    Opened,
     Outgoing,
     Proxy,
     StreamRelay,
@@ -125,17 +125,16 @@ class Forwarder:
         client leaving)."""
         if not choice.order:
             return self.unavailable()
-        loop = asyncio.get_running_loop()
-        started_at = loop.time()
+        started_at = asyncio.get_running_loop().time()
         outgoing.headers = {**self._forwarded_headers(request), **outgoing.headers}
         flight = Flight(self.pool)
-        try:
-            opened = await until_disconnected(request, self.proxy.open(self.order(choice), outgoing, flight))
+        try:  # one watch on the client for both the answer's head and (non-stream) its body
+            opened, answer = await until_disconnected(request, self._exchange(outgoing, choice, flight))
         except ClientDisconnected:
             self._client_left(flight, run)
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except UpstreamFailure as failure:
-            flight.finish()
+            flight.finish(failure.outcome if failure.answered else None)
             return failure.response()
         except BaseException:
             flight.finish()
@@ -145,25 +144,30 @@ class Forwarder:
         if run is not None:
             self.proxy.run_owners.remember(run.run_id, opened.upstream.name)
         headers = self.proxy.answer_headers(opened, choice.affinity if with_affinity else None)
-        if is_event_stream(opened.response):
+        if answer is None:
             error_frame = run.error_frame if run is not None else _generic_error_frame
             return StreamRelay(
                 opened, headers, error_frame=error_frame, settings=self.settings, started_at=started_at,
                 run_labels=run.labels if run is not None else None,
             )  # fmt: skip
-        try:
-            status, body = await until_disconnected(request, read_answer(opened))
-        except ClientDisconnected:
-            opened.response.close()
-            self._client_left(flight, run)
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except UpstreamFailure as failure:
-            flight.finish(failure.outcome)
-            return failure.response()
+        status, body = answer
         flight.finish(Outcome.SERVER_ERROR if status >= 500 else Outcome.SUCCESS)
         if run is not None and status == 200:
             metrics.record_run(*run.labels, _run_status(body))
         return Response(body, status_code=status, headers=headers)
+
+    async def _exchange(
+        self, outgoing: Outgoing, choice: Choice, flight: Flight
+    ) -> Tuple[Opened, Optional[Tuple[int, bytes]]]:
+        """The upstream's answer: its head, and its whole body unless it is a stream."""
+        opened = await self.proxy.open(self.order(choice), outgoing, flight)
+        if is_event_stream(opened.response):
+            return opened, None
+        try:
+            return opened, await read_answer(opened)
+        except BaseException:
+            opened.response.close()  # the client left, or the body broke: the connection goes
+            raise
 
     def _client_left(self, flight: Flight, run: Optional[RunInfo]) -> None:
         upstream = flight.upstream
@@ -201,13 +205,20 @@ class Forwarder:
         task.add_done_callback(self._background.discard)
 
 
+_STATUS_KEY = b'"status":"'
+RUN_STATUSES = frozenset({"COMPLETED", "ERROR", "CANCELLED", "PAUSED", "RUNNING", "PENDING"})
+
+
 def _run_status(body: bytes) -> Optional[str]:
-    """The status of a non-stream run's RunOutput JSON (one parse per run, never per frame)."""
-    try:
-        status = json.loads(body).get("status")
-    except (ValueError, AttributeError):
+    """The status of a non-stream run's RunOutput JSON, found by scanning, not parsing: agno
+    writes the top-level status before any nested output's, and a key inside a string is escaped
+    (``\\"status\\"``), so cannot match. Only a known status counts (a label stays bounded)."""
+    start = body.find(_STATUS_KEY)
+    if start < 0:
         return None
-    return status if isinstance(status, str) else None
+    start += len(_STATUS_KEY)
+    status = body[start : body.find(b'"', start)].decode("ascii", "replace")
+    return status if status in RUN_STATUSES else None
 
 
 def _generic_error_frame(message: str) -> bytes:
