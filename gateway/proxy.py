@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -333,20 +333,28 @@ class StreamRelay(Response):
         self.scan = EndOfRunDetector()
         self.cut = False
         metrics.ACTIVE_STREAMS.inc()
+        current = asyncio.current_task()
+        assert current is not None
+        client_gone = False
+
+        async def watch() -> None:  # the relay runs in this task; one watcher stops it
+            nonlocal client_gone
+            await _client_gone(receive)
+            client_gone = True
+            current.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            relay = asyncio.ensure_future(self._relay(send))
-            watcher = asyncio.ensure_future(_client_gone(receive))
-            try:
-                await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (relay, watcher):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            if relay.done() and not relay.cancelled():
-                outcome = relay.result()
+            outcome = await self._relay(send)
+        except asyncio.CancelledError:
+            if not client_gone:
+                raise
+            current.uncancel()
         finally:
+            watcher.cancel()
+            if client_gone and outcome is not None:
+                current.uncancel()  # it left just as the stream ended: its cancel is still pending
             # Closing (not releasing) drops the connection: if the run is still going, AgentOS
             # sees its client leave and cancels it.
             opened.response.close()
@@ -366,41 +374,44 @@ class StreamRelay(Response):
         metrics.record_run(kind, entity, outcome)
 
     async def _relay(self, send: Send) -> Optional[Outcome]:
+        """Chunks pass as they come. Timers cost nothing per chunk: one deadline per silence
+        (keepalive, idle, whole run) is set, and when it fires the silence is measured; data
+        that came meanwhile just sets the next one."""
         content = self.opened.response.content
         detector = self.scan
         loop = asyncio.get_running_loop()
         keepalive_s = self.timeouts.keepalive_s
+        idle_s = self.timeouts.stream_idle_s
         last_data = last_sent = loop.time()
-        failure: Optional[Tuple[Outcome, str]] = None
+        failure: Optional[Tuple[Optional[Outcome], str]] = None
         at_frame_end = True
+        ended = False
         try:
-            while True:
-                now = loop.time()
-                wake = min(self.deadline, last_data + self.timeouts.stream_idle_s)
-                if keepalive_s:
-                    wake = min(wake, last_sent + keepalive_s)
+            while not ended:
+                wake = min(self.deadline, last_data + idle_s, last_sent + keepalive_s if keepalive_s else math.inf)
                 try:
-                    async with asyncio.timeout(max(0.0, wake - now)):
-                        chunk = await content.readany()
+                    async with asyncio.timeout_at(wake):
+                        while True:
+                            chunk = await content.readany()
+                            if not chunk:
+                                ended = True
+                                break
+                            last_data = last_sent = loop.time()
+                            detector.feed(chunk)
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                            at_frame_end = chunk.endswith(b"\n\n")
                 except TimeoutError:
                     # The loop may wake a hair early (clock resolution): compare with a margin.
                     now = loop.time() + _TIMER_SLACK_S
                     if now >= self.deadline:
-                        failure = (None, f"the run took longer than {self.timeouts.run_s:g} s")  # type: ignore[assignment]
+                        failure = (None, f"the run took longer than {self.timeouts.run_s:g} s")
                         break
-                    if now - last_data >= self.timeouts.stream_idle_s:
-                        failure = (Outcome.TIMEOUT, f"no event for {self.timeouts.stream_idle_s:g} s")
+                    if now - last_data >= idle_s:
+                        failure = (Outcome.TIMEOUT, f"no event for {idle_s:g} s")
                         break
-                    if keepalive_s and now - last_sent >= keepalive_s:
+                    if keepalive_s and now - last_sent >= keepalive_s and at_frame_end:
                         await send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
                         last_sent = loop.time()
-                    continue
-                if not chunk:
-                    break
-                detector.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                at_frame_end = chunk.endswith(b"\n\n")
-                last_data = last_sent = loop.time()
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
             failure = (Outcome.CONNECT_ERROR, f"the connection was lost mid-stream ({type(error).__name__})")
             salvaged = _salvage(content)

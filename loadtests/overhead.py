@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 

@@ -326,7 +326,7 @@ async def test_two_workers_merge_their_metrics(log_dir, pool_upstreams, tmp_path
         marker = f"w-{uuid.uuid4().hex[:8]}"
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             codes = await asyncio.gather(
-                *(client.post(f"/v1/agents/echo-agent/run", json={"input": marker}) for _ in range(40))
+                *(client.post("/v1/agents/echo-agent/run", json={"input": marker}) for _ in range(40))
             )
             assert {response.status_code for response in codes} == {200}
             scrape = (await client.get("/metrics")).text

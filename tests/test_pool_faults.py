@@ -15,7 +15,7 @@ import pytest
 
 from gateway.balancing import rank
 from tests.helpers import eventually
-from tests.pools import FAST_HEALTH, answered_by, gateway_config, start_gateway, start_upstreams, upstream_states
+from tests.pools import FAST_HEALTH, gateway_config, start_gateway, start_upstreams, upstream_states
 from tests.fake_upstream import FaultyUpstream
 from tests.processes import Server, restart
 

@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.pools import ADMIN_KEY, answered_by, upstream_states
+from tests.pools import upstream_states
 
 
 def _without_db_ids(value):  # type: ignore[no-untyped-def]

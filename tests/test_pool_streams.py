@@ -13,7 +13,6 @@ import httpx
 import pytest
 from agno.agent import RemoteAgent
 
-from tests.helpers import eventually
 from tests.pools import ADMIN_KEY, gateway_config, start_gateway, upstream_states
 
 SLOW = "slow: " + " ".join(["word"] * 40)  # one word every 0.25 s

@@ -4,7 +4,7 @@ never the gateway's API keys; with no key configured it is off."""
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 

@@ -7,7 +7,6 @@ would go on for nobody. ``until_disconnected`` races the work against ``http.dis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Awaitable, TypeVar
 
 from starlette.requests import Request

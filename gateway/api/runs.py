@@ -10,7 +10,6 @@ decides the upstream (affinity), the run id lets a cancel find it.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Dict, Optional, Tuple
 from uuid import uuid4
 
