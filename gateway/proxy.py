@@ -168,6 +168,9 @@ class RunOwners:
         while len(self._owners) > self.max_entries:
             self._owners.popitem(last=False)
 
+    def __len__(self) -> int:
+        return len(self._owners)
+
     def owner(self, run_id: str) -> Optional[str]:
         entry = self._owners.get(run_id)
         if entry is None:

@@ -87,6 +87,33 @@ async def test_continue_goes_to_the_upstream_of_the_run(client) -> None:
     assert unknown.status_code == 404 and "No runs found" in unknown.json()["detail"]
 
 
+@pytest.mark.parametrize("target", ["gateway", "pool_gateway"])
+@pytest.mark.parametrize("kind, entity", [("agents", "echo-agent"), ("teams", "echo-team"), ("workflows", "echo-workflow")])
+async def test_a_form_field_that_must_be_an_object_is_checked(request, target, kind, entity) -> None:
+    """AgentOS answers an empty ``dependencies`` or ``session_state``, or one holding JSON that is
+    no object, with a 500 (found by tests/test_fuzz.py); local or forwarded, it is a 400 here."""
+    async with httpx.AsyncClient(base_url=request.getfixturevalue(target).url, timeout=30) as client:
+        for field, value in (("dependencies", ""), ("session_state", ""), ("session_state", "[1]"), ("dependencies", "3")):
+            answer = await client.post(f"/{kind}/{entity}/runs", data={"message": "hi", "stream": "false", field: value})
+            assert answer.status_code == 400, (field, value, answer.text)
+            assert answer.json() == {"detail": f"Invalid {field} parameter: expected a JSON object"}
+        for field, value in (("dependencies", '{"a": 1}'), ("session_state", "null"), ("dependencies", "not json")):
+            answer = await client.post(f"/{kind}/{entity}/runs", data={"message": "hi", "stream": "false", field: value})
+            assert answer.status_code == 200 and answer.json()["status"] == "COMPLETED", (field, value, answer.text)
+
+
+async def test_a_workflow_continue_without_a_session_is_the_callers_error(client, pool_gateway) -> None:
+    """AgentOS answers it with a 500 (found by tests/test_fuzz.py); through the gateway it is a
+    422 naming the field, and never counts against an upstream."""
+    before = {name: state["ejections"] for name, state in (await upstream_states(pool_gateway)).items()}
+    for data in ({"input": "x"}, {"input": "x", "session_id": ""}, {"stream": "false"}) * 2:  # more than outlier.consecutive_failures (5)
+        answer = await client.post("/workflows/echo-workflow/runs/some-run/continue", data=data)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["loc"] == ["body", "session_id"]
+    after = {name: state["ejections"] for name, state in (await upstream_states(pool_gateway)).items()}
+    assert after == before
+
+
 async def test_a_run_failing_in_the_model_never_ejects_its_upstream(client, pool_gateway) -> None:
     session_id = f"failing-{uuid.uuid4()}"
     for _ in range(7):  # more than outlier.consecutive_failures (5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from typing import Dict, List, Optional
@@ -119,6 +120,44 @@ async def test_the_admin_api_is_off_without_a_key(gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         response = await client.get("/admin/upstreams", headers={"Authorization": "Bearer anything-at-all"})
     assert response.status_code == 403 and "admin_key" in response.json()["detail"]
+
+
+async def test_admin_runtime_reports_the_process_and_its_upstream_connections(pool_gateway, gateway) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    pid = pool_gateway.process.pid
+
+    async def runtime(client: httpx.AsyncClient) -> Dict:
+        response = await client.get("/admin/runtime", headers=admin)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
+        assert (await client.get("/admin/runtime")).status_code == 401
+        idle = await runtime(client)
+        assert idle["pid"] == pid and idle["tasks"] >= 1
+        assert set(idle["upstream_connections"]) == set(idle["upstream_connections_in_use"]) == {"pool-a", "pool-b"}
+        assert abs(idle["open_fds"] - len(os.listdir(f"/proc/{pid}/fd"))) <= 5
+        vm_rss = next(line for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS:"))
+        assert abs(idle["rss_bytes"] - int(vm_rss.split()[1]) * 1024) <= 0.1 * idle["rss_bytes"]
+        async with client.stream(
+            "POST", "/v1/agents/echo-agent/run", json={"input": "slow: a b c d e f g h", "stream": True}
+        ) as stream:
+            upstream = stream.headers["x-agentos-gateway-upstream"]
+            async for line in stream.aiter_lines():
+                if line == "event: RunContent":
+                    break
+            busy = await runtime(client)
+            # the stream's own upstream connection, and one more task at least (its relay)
+            assert busy["upstream_connections_in_use"][upstream] >= 1
+            assert busy["upstream_connections"][upstream] >= busy["upstream_connections_in_use"][upstream]
+            assert busy["tasks"] > idle["tasks"]
+            assert busy["remembered_runs"] == idle["remembered_runs"] + 1  # its run id, for a cancel
+        deadline = time.monotonic() + 15
+        while any((after := await runtime(client))["upstream_connections_in_use"].values()):
+            assert time.monotonic() < deadline, f"connections still in use: {after}"
+            await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:  # no admin key: off
+        assert (await client.get("/admin/runtime", headers=admin)).status_code == 403
 
 
 async def test_cancel_through_the_gateway_stops_the_run_on_its_upstream(pool_gateway, pool_upstreams) -> None:

@@ -1,10 +1,16 @@
-"""The admin API: what each upstream is doing, and drain. Behind its own key (``admin_key``),
-never the gateway's API keys; with no key configured it is off."""
+"""The admin API: what each upstream is doing, drain, reload, and the process's own runtime
+figures. Behind its own key (``admin_key``), never the gateway's API keys; with no key configured
+it is off."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from typing import TYPE_CHECKING, Any, Dict, List
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import aiohttp
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
@@ -47,6 +53,36 @@ def describe(pool: Pool, upstream: Upstream) -> Dict[str, Any]:
     }
 
 
+def _open_fds() -> Optional[int]:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no procfs (not Linux)
+        return None
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def connector_counts(session: Optional[aiohttp.ClientSession]) -> Dict[str, int]:
+    """Connections of one upstream's pool: ``in_use`` (handed out, or being opened) and ``idle``
+    (kept alive, still connected). aiohttp's TCPConnector has no public count: its ``_acquired``
+    set and ``_conns`` deques (aiohttp 3.9 to 3.14) are read, and absent ones count as none."""
+    if session is None or session.closed:
+        return {"in_use": 0, "idle": 0}
+    connector = session.connector
+    in_use = len(getattr(connector, "_acquired", ()))
+    pools = getattr(connector, "_conns", {})
+    idle = sum(1 for entries in list(pools.values()) for proto, _ in list(entries) if proto.is_connected())
+    return {"in_use": in_use, "idle": idle}
+
+
 def admin_router(settings: Settings, services: "Services") -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["Admin"], dependencies=[Depends(_admin_guard(settings))])
     pool = services.pool
@@ -72,6 +108,22 @@ def admin_router(settings: Settings, services: "Services") -> APIRouter:
         upstream = named(name)
         upstream.health.draining = False
         return describe(pool, upstream)  # type: ignore[arg-type]
+
+    @router.get("/runtime", summary="This process: asyncio tasks, open files, memory, upstream connections")
+    async def runtime() -> Dict[str, Any]:
+        """For soak tests and leak hunts. ``upstream_connections`` counts each upstream pool's
+        connections in use plus idle ones; ``tasks`` includes the task answering this request."""
+        counts = {name: connector_counts(u.session) for name, u in (pool.upstreams.items() if pool is not None else ())}
+        return {
+            "pid": os.getpid(),
+            "tasks": len(asyncio.all_tasks()),
+            "open_fds": _open_fds(),
+            "rss_bytes": _rss_bytes(),
+            "upstream_connections": {name: c["in_use"] + c["idle"] for name, c in counts.items()},
+            "upstream_connections_in_use": {name: c["in_use"] for name, c in counts.items()},
+            # run id -> upstream, kept for cancels (bounded; entries expire after run_s + 60 s)
+            "remembered_runs": len(services.forwarder.proxy.run_owners) if services.forwarder is not None else 0,
+        }
 
     @router.post("/reload", summary="Read the configuration file again and apply it (as SIGHUP)")
     async def reload() -> Dict[str, Any]:

@@ -10,6 +10,7 @@ decides the upstream (affinity), the run id lets a cancel find it.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Optional, Tuple
 from uuid import uuid4
 
@@ -31,6 +32,7 @@ RETRY_AFTER_UNKNOWN_S = 5
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # AgentOS's answer to a run request that is not a form (it reads the form field ``message``).
 MESSAGE_MISSING = {"detail": [{"type": "missing", "loc": ["body", "message"], "msg": "Field required", "input": None}]}
+SESSION_ID_MISSING = {"detail": [{"type": "missing", "loc": ["body", "session_id"], "msg": "Field required", "input": None}]}
 
 
 def resolve(directory: Directory, kind: EntityKind, entity_id: str, request: Optional[Request] = None) -> Target:
@@ -75,6 +77,25 @@ async def _form(request: Request) -> Tuple[FormData, str]:
         raise HTTPException(status_code=422, detail=MESSAGE_MISSING["detail"])
     await request.body()  # kept: the form is parsed from it, and it is forwarded as it came
     return await request.form(), content_type
+
+
+# Form fields AgentOS decodes as a JSON object, but passes to ``arun`` as they are when empty, and
+# decoded when they are JSON of another type: agno then fails with a 500 (AttributeError), which
+# would also count against the upstream. Refused here, as AgentOS refuses such a ``metadata``.
+JSON_OBJECT_FIELDS = ("session_state", "dependencies")
+
+
+def _check_json_object_fields(form: FormData) -> None:
+    for name in JSON_OBJECT_FIELDS:
+        for value in form.getlist(name):
+            if isinstance(value, str) and value:
+                try:
+                    decoded = json.loads(value)
+                except ValueError:
+                    continue  # not JSON at all: AgentOS drops the field (with a warning)
+                if decoded is None or isinstance(decoded, dict):
+                    continue
+            raise HTTPException(status_code=400, detail=f"Invalid {name} parameter: expected a JSON object")
 
 
 def _form_bool(form: FormData, name: str, default: bool) -> bool:
@@ -143,6 +164,7 @@ def _add_kind_routes(
     async def native_run(entity_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
         form, content_type = await _form(request)
+        _check_json_object_fields(form)
         stream = _form_bool(form, "stream", True)
         return await limiter.run(stream, lambda: _native_run(entity_id, request, target, form, content_type, stream))
 
@@ -181,6 +203,10 @@ def _add_kind_routes(
         form, content_type = await _form(request)
         fwd = _forwarder(forwarder)
         session_id = _text(form.get("session_id"))
+        if session_id is None and kind is EntityKind.WORKFLOW:
+            # AgentOS answers a workflow continue without one with a 500 ("No session_id
+            # provided"), which would count against the upstream: the caller's error, said here.
+            raise HTTPException(status_code=422, detail=SESSION_ID_MISSING["detail"])
         choice = _choice_for_run(fwd, target, run_id, session_id)
         outgoing = Outgoing(
             "POST",
