@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, with_form_fields
 from gateway.api.limits import Limiter
+from gateway.api.runs import JSON_OBJECT_FIELDS
 from gateway.api.schemas import RunRequest
 from gateway.proxy import Outgoing
 from gateway.routing import Directory, Remote
@@ -129,8 +130,8 @@ def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, 
     except (UnicodeDecodeError, ValueError):
         return None
     stream = _BOOLEANS.get(fields.get("stream", "true").lower())
-    if stream is None or "message" not in fields:
-        return None
+    if stream is None or "message" not in fields or any(name in fields for name in JSON_OBJECT_FIELDS):
+        return None  # the routes check these (fields AgentOS would fail on with a 500)
     added: Dict[str, str] = {}
     session_id, session_is_new = new_session(fields.get("session_id") or None)
     if session_is_new:
