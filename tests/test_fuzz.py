@@ -31,7 +31,7 @@ from tests.pools import ADMIN_KEY, gateway_config, start_gateway
 
 CALL_TIMEOUT_S = 15.0  # a run of the demo model answers in milliseconds; slow: inputs within seconds
 # Cases per operation (positive and negative mixed).
-MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
 ENTITY_IDS = {"agents": "echo-agent", "teams": "echo-team", "workflows": "echo-workflow"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
