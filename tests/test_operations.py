@@ -334,3 +334,29 @@ async def test_two_workers_merge_their_metrics(log_dir, pool_upstreams, tmp_path
         assert served['{code="200",entity="echo-agent",kind="agent",route="/v1/agents/{entity_id}/run"}'] == 40
     finally:
         gateway.stop()
+
+
+async def test_forward_authorization_sends_the_clients_token_upstream(log_dir) -> None:
+    """For upstreams that verify agno JWTs themselves: the client's token goes through, in
+    place of the upstream's own key."""
+    upstream = FaultyUpstream()
+    await upstream.start()
+    config = {
+        "upstreams": [{"name": "jwt", "url": upstream.url, "api_key": "the-upstreams-own-key"}],
+        "health": FAST_HEALTH,
+        "forward_authorization": True,
+    }
+    gateway = await asyncio.to_thread(start_gateway, "forwarding-gateway", config, log_dir)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            with_token = await client.post(
+                "/v1/agents/echo-agent/run", json={"input": "fine"}, headers={"Authorization": "Bearer a.jwt.token"}
+            )
+            assert with_token.status_code == 200
+            assert upstream.seen_headers["authorization"] == "Bearer a.jwt.token"
+            without = await client.post("/v1/agents/echo-agent/run", json={"input": "fine"})
+            assert without.status_code == 200
+            assert upstream.seen_headers["authorization"] == "Bearer the-upstreams-own-key"
+    finally:
+        gateway.stop()
+        await upstream.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from datetime import datetime, timezone
@@ -18,7 +19,6 @@ from gateway.api.body_limit import BodyLimitMiddleware
 from gateway.api.admin import admin_router
 from gateway.api.auth import AuthMiddleware
 from gateway.api.fast_path import FastRunPath
-from gateway.api.limits import HeaderLimitMiddleware
 from gateway.api.services import Services
 from gateway.api.observe import ObserveMiddleware
 from gateway.api.catalog import catalog_router
@@ -60,6 +60,10 @@ def create_app(
         if pool is not None:
             await pool.start()
         _reload_on_sighup(services)
+        # Everything loaded so far (agno and its imports: a large heap) lives as long as the
+        # process: kept out of the collector's full passes, which otherwise pause requests.
+        gc.collect()
+        gc.freeze()
         try:
             conflicts = services.directory.conflicts() if settings.on_conflict == "error" else []
             if conflicts:
@@ -84,8 +88,9 @@ def create_app(
             expose_headers=["x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER],
         )  # fmt: skip
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.limits.max_header_bytes)
-    app.add_middleware(ObserveMiddleware, access_log=settings.access_log)
+    app.add_middleware(
+        ObserveMiddleware, access_log=settings.access_log, max_header_bytes=settings.limits.max_header_bytes
+    )
     app.state.services = services
 
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
-from urllib.parse import parse_qsl
-from uuid import uuid4
+from urllib.parse import unquote_plus
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, with_form_fields
+from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, new_uuid, with_form_fields
 from gateway.api.limits import Limiter
 from gateway.api.runs import JSON_OBJECT_FIELDS
 from gateway.api.schemas import RunRequest
@@ -119,15 +118,36 @@ def _prepare_v1(body: bytes) -> Optional[Tuple[bytes, str, bool, str, bool]]:
         return None
     data = request.model_dump(exclude_none=True)
     session_id, session_is_new = new_session(data.get("session_id"))
-    run_id = data.get("run_id") or str(uuid4())
+    run_id = data.get("run_id") or new_uuid()
     data.update(session_id=session_id, run_id=run_id)
     return form_body(v1_json_to_form(data)), session_id, session_is_new, run_id, request.stream
 
 
-def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, bool, str, bool]]:
+_WANTED_FIELDS = frozenset({"message", "stream", "session_id", "run_id", *JSON_OBJECT_FIELDS})
+
+
+def _form_fields(body: bytes) -> Optional[Dict[str, str]]:
+    """The few fields the gateway reads, the last of each as form readers take it; only their
+    values are decoded. None for a body that is not a form."""
+    fields: Dict[str, str] = {}
+    if not body:
+        return fields
     try:
-        fields: Dict[str, str] = dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body)))
-    except (UnicodeDecodeError, ValueError):
+        for pair in body.split(b"&"):
+            name, sep, value = pair.partition(b"=")
+            if not sep:
+                return None
+            key = unquote_plus(name.decode())
+            if key in _WANTED_FIELDS:
+                fields[key] = unquote_plus(value.decode(), errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return fields
+
+
+def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, bool, str, bool]]:
+    fields = _form_fields(body)
+    if fields is None:
         return None
     stream = _BOOLEANS.get(fields.get("stream", "true").lower())
     if stream is None or "message" not in fields or any(name in fields for name in JSON_OBJECT_FIELDS):
@@ -136,7 +156,7 @@ def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, 
     session_id, session_is_new = new_session(fields.get("session_id") or None)
     if session_is_new:
         added["session_id"] = session_id
-    run_id = fields.get("run_id") or added.setdefault("run_id", str(uuid4()))
+    run_id = fields.get("run_id") or added.setdefault("run_id", new_uuid())
     return with_form_fields(body, content_type, added), session_id, session_is_new, run_id, stream
 
 

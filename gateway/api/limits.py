@@ -1,43 +1,21 @@
-"""Bounds on what one gateway takes at once: header size, concurrent runs, concurrent streams.
+"""Bounds on what one gateway takes at once: concurrent runs and concurrent streams (header size
+is checked by ``api/observe.py``, body size by ``api/body_limit.py``).
 
-Beyond a bound the answer is immediate (431, or 503 with ``Retry-After``): never a queue that
-grows without end while clients wait.
+Beyond a bound the answer is immediate (503 with ``Retry-After``): never a queue that grows
+without end while clients wait.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Awaitable, Callable
 
 from fastapi import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway.settings import LimitSettings
 
 RETRY_AFTER_BUSY_S = "1"
-
-
-class HeaderLimitMiddleware:
-    """431 as JSON when the request's headers (names and values) exceed ``max_bytes``."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and sum(len(n) + len(v) + 4 for n, v in scope["headers"]) > self.max_bytes:
-            body = json.dumps({"detail": f"Request headers larger than {self.max_bytes} bytes"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 431,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send)
 
 
 class Limiter:

@@ -7,6 +7,7 @@ A pure ASGI middleware (no per-request dependency injection): it reads what the 
   and sent upstream.
 * W3C ``traceparent``: the upstream gets the client's trace id with this hop's own span id, or a
   new trace when the client sent none (or a malformed one).
+* Request headers over ``max_header_bytes`` get 431 here (this pass reads the headers anyway).
 * An unhandled error becomes AgentOS's JSON answer here, so it carries a request id too.
 * Access log: one JSON line per request on stdout (``gateway.logs.AccessLogWriter``): request id,
   method, route, kind, entity, upstream, status, duration, retries. Never bodies or credentials.
@@ -63,8 +64,9 @@ class ObserveMiddleware:
     """Per-request work is kept small: labelled metric children are cached by their labels (a
     bounded set), the log line is formatted directly and handed to a buffered writer."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True, max_header_bytes: int = 1 << 30) -> None:
         self.app = app
+        self.max_header_bytes = max_header_bytes
         self.access_log = AccessLogWriter.shared() if access_log else None
         self._requests: Dict[Tuple[str, str, str, int], Any] = {}
         self._timers: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
@@ -75,7 +77,9 @@ class ObserveMiddleware:
             return
         started = time.perf_counter()
         incoming_id = incoming_trace = None
+        header_bytes = 0
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value) + 4
             if name == b"x-request-id":
                 incoming_id = value.decode("latin-1")
             elif name == b"traceparent":
@@ -100,20 +104,17 @@ class ObserveMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_observed)
+            if header_bytes > self.max_header_bytes:  # checked here, in the one pass over the headers
+                status, body = 431, json.dumps({"detail": f"Request headers larger than {self.max_header_bytes} bytes"}).encode()
+                await _send_json(send_observed, status, body)
+            else:
+                await self.app(scope, receive, send_observed)
         except Exception as error:
             if status_sent:
                 raise  # mid-answer: nothing can be said to the client any more
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             status, body = error_answer(error)
-            await send_observed(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send_observed({"type": "http.response.body", "body": body})
+            await _send_json(send_observed, status, body)
         finally:
             ended = time.perf_counter()
             self._record(scope, state, status, started, first_byte, ended)
@@ -145,6 +146,12 @@ class ObserveMiddleware:
                 f'"retries":{state.get("retries", 0)},"status":{status},'
                 f'"duration_ms":{round((ended - started) * 1000, 3)}}}\n'
             )
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_answer(error: Exception) -> Tuple[int, bytes]:

@@ -1,0 +1,49 @@
+"""The fast path's own reading of a run request: what it takes, and what it leaves to the routes."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.api.fast_path import _form_fields, _prepare_form, _prepare_v1, match_run_path
+from gateway.wire.kinds import EntityKind
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("/v1/agents/a/run", (True, EntityKind.AGENT, "a")),
+        ("/teams/t/runs", (False, EntityKind.TEAM, "t")),
+        ("/v1/robots/a/run", None),
+        ("/agents/a/runs/x/cancel", None),
+        ("/v1/agents/a/run/", None),
+        ("/agents//runs", (False, EntityKind.AGENT, "")),  # an empty id: the routes answer it
+    ],
+)
+def test_paths(path, expected) -> None:
+    assert match_run_path(path) == expected
+
+
+def test_form_fields_are_read_as_form_readers_read_them() -> None:
+    fields = _form_fields(b"message=a+b%21&session_id=s1&session_id=s2&other=x&run_id=")
+    assert fields == {"message": "a b!", "session_id": "s2", "run_id": ""}  # the last one wins
+    assert _form_fields(b"message") is None
+    assert _form_fields(b"message=%ff") is None  # not UTF-8
+    assert _form_fields(b"") == {}
+
+
+def test_what_the_fast_path_leaves_to_the_routes() -> None:
+    assert _prepare_form(b"stream=false", FORM) is None  # no message: AgentOS's 422
+    assert _prepare_form(b"message=x&stream=maybe", FORM) is None
+    assert _prepare_form(b"message=x&session_state=", FORM) is None  # checked by the routes
+    assert _prepare_v1(b'{"input": "x", "background": true}') is None
+    assert _prepare_v1(b"{not json") is None
+
+
+def test_a_form_gets_its_session_and_run_ids_appended() -> None:
+    body, session_id, is_new, run_id, stream = _prepare_form(b"message=hi&stream=false", FORM)
+    assert is_new and stream is False
+    assert body == f"message=hi&stream=false&session_id={session_id}&run_id={run_id}".encode()
+    body, session_id, is_new, run_id, stream = _prepare_form(b"message=hi&session_id=mine&run_id=r1", FORM)
+    assert (session_id, is_new, run_id, stream) == ("mine", False, "r1", True) and body == b"message=hi&session_id=mine&run_id=r1"
