@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from gateway import metrics
+from gateway.disconnect import CancelOnDisconnect, ClientDisconnected
 from gateway.balancing import Affinity, Outcome
 from gateway.pool import Pool, Upstream
 from gateway.settings import Settings
@@ -336,28 +337,13 @@ class StreamRelay(Response):
         self.scan = EndOfRunDetector()
         self.cut = False
         metrics.ACTIVE_STREAMS.inc()
-        current = asyncio.current_task()
-        assert current is not None
-        client_gone = False
-
-        async def watch() -> None:  # the relay runs in this task; one watcher stops it
-            nonlocal client_gone
-            await _client_gone(receive)
-            client_gone = True
-            current.cancel()
-
-        watcher = asyncio.ensure_future(watch())
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            outcome = await self._relay(send)
-        except asyncio.CancelledError:
-            if not client_gone:
-                raise
-            current.uncancel()
+            with CancelOnDisconnect(receive):  # the relay runs in this task; one watcher stops it
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                outcome = await self._relay(send)
+        except ClientDisconnected:
+            pass  # a stream that had ended keeps its outcome
         finally:
-            watcher.cancel()
-            if client_gone and outcome is not None:
-                current.uncancel()  # it left just as the stream ended: its cancel is still pending
             # Closing (not releasing) drops the connection: if the run is still going, AgentOS
             # sees its client leave and cancels it.
             opened.response.close()

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
+from gateway.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
 from gateway import metrics
 from gateway.balancing import AffinityMode, Choice, Outcome, choose
 from gateway.pool import Pool, Upstream

@@ -20,7 +20,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway import metrics
-from gateway.api.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
+from gateway.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
 from gateway.api.schemas import RunRequest
 from gateway.local import LocalEntity
 from gateway.runner import AgentOSRunner

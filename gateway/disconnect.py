@@ -1,0 +1,60 @@
+"""Cancel work when its client leaves.
+
+uvicorn does not cancel a plain (non-streaming) handler when the client disconnects, so a run
+would go on for nobody. ``until_disconnected`` races the work against ``http.disconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, TypeVar
+
+from starlette.requests import Request
+from starlette.types import Receive
+
+T = TypeVar("T")
+
+# nginx's code for "client closed request": logged, never seen by the (gone) client.
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+class CancelOnDisconnect:
+    """Within it, the current task is cancelled when the client disconnects, and the block ends
+    with ``ClientDisconnected``. One watcher task; the work itself runs in the caller's task."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.gone = False
+
+    def __enter__(self) -> "CancelOnDisconnect":
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.watcher = asyncio.ensure_future(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        # The body is already read, so the next receive() blocks until the client is gone.
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self.task.cancel()
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> bool:
+        self.watcher.cancel()
+        if self.gone:
+            self.task.uncancel()  # the cancel was ours (even if the work ended just before it)
+            if exc_type is None or issubclass(exc_type, asyncio.CancelledError):
+                raise ClientDisconnected()
+        return False
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """The result of ``work``; if the client disconnects first, ``work`` is cancelled and
+    ``ClientDisconnected`` raised."""
+    with CancelOnDisconnect(request.receive):
+        return await work
