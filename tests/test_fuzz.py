@@ -118,7 +118,8 @@ def fuzz(
             max_examples=max_examples,
             deadline=None,
             database=None,
-            derandomize=False,
+            # The same cases in every run, so the suite is repeatable; FUZZ_RANDOM=1 explores.
+            derandomize=not os.environ.get("FUZZ_RANDOM"),
             phases=[Phase.explicit, Phase.generate],  # no shrinking: the first case is reported
             suppress_health_check=list(HealthCheck),
         )

@@ -139,3 +139,13 @@ async def test_a_bad_form_gets_agentos_answers(client) -> None:
         "/agents/echo-agent/runs", content=b"--xx\r\nbroken", headers={"content-type": "multipart/form-data; boundary=xx"}
     )
     assert broken.status_code in (400, 422) and "detail" in broken.json()
+
+
+async def test_continue_checks_the_object_fields_too(client) -> None:
+    """AgentOS's continue route fails on an empty ``dependencies`` with a 500 (found by
+    tests/test_fuzz.py); here it is the caller's 400, before any upstream sees it."""
+    answer = await client.post(
+        "/agents/echo-agent/runs/some-run/continue", data={"dependencies": "", "session_id": "s", "stream": "false"}
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {"detail": "Invalid dependencies parameter: expected a JSON object"}

@@ -201,6 +201,7 @@ def _add_kind_routes(
         if isinstance(target, LocalEntity):
             raise HTTPException(status_code=501, detail="continue is served for upstream entities only")
         form, content_type = await _form(request)
+        _check_json_object_fields(form)  # an empty ``dependencies`` fails AgentOS's continue too
         fwd = _forwarder(forwarder)
         session_id = _text(form.get("session_id"))
         if session_id is None and kind is EntityKind.WORKFLOW:
