@@ -16,3 +16,14 @@ def test_the_stream_scan_counts_frames_and_finds_the_first_terminal_event_across
         for start in range(0, len(stream), size):
             scan.feed(stream[start : start + size])
         assert (scan.terminal, scan.frames) == ("RunCancelled", 3), size
+
+
+def test_the_error_frame_of_a_cut_non_run_stream_is_json() -> None:
+    import json
+
+    from gateway.api.forwarding import generic_error_frame
+
+    frame = generic_error_frame("Upstream os-a: it's \"gone\"").decode()
+    event, data = frame.rstrip("\n").split("\n")
+    assert event == "event: error" and frame.endswith("\n\n")
+    assert json.loads(data[len("data: ") :]) == {"detail": "Upstream os-a: it's \"gone\""}

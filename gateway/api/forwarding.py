@@ -7,6 +7,7 @@ the AgentOS-native routes (passed through), listings and session routes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ class Forwarder:
             self.proxy.run_owners.remember(run.run_id, opened.upstream.name)
         headers = self.proxy.answer_headers(opened, choice.affinity if with_affinity else None)
         if answer is None:
-            error_frame = run.error_frame if run is not None else _generic_error_frame
+            error_frame = run.error_frame if run is not None else generic_error_frame
             return StreamRelay(
                 opened, headers, error_frame=error_frame, settings=self.settings, started_at=started_at,
                 run_labels=run.labels if run is not None else None,
@@ -221,8 +222,9 @@ def _run_status(body: bytes) -> Optional[str]:
     return status if status in RUN_STATUSES else None
 
 
-def _generic_error_frame(message: str) -> bytes:
-    return f"event: error\ndata: {{\"detail\": {message!r}}}\n\n".encode()
+def generic_error_frame(message: str) -> bytes:
+    """The end of a cut stream that is no run (no run kind to speak in): JSON, like every frame."""
+    return f"event: error\ndata: {json.dumps({'detail': message}, separators=(',', ':'))}\n\n".encode()
 
 
 def new_session(session_id: Optional[str]) -> tuple[str, bool]:
