@@ -17,6 +17,8 @@ import yaml
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from gateway.errors import ConfigError
+
 DEFAULT_PORT = 7777
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -24,10 +26,6 @@ ENV_PREFIX = "GATEWAY_"
 ENV_NESTED_DELIMITER = "__"
 
 IMPORT_PATH_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names every bad field, one per line."""
 
 
 class LocalEntities(BaseModel):

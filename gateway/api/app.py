@@ -18,6 +18,7 @@ from gateway import __version__
 from gateway.api.body_limit import BodyLimitMiddleware
 from gateway.api.admin import admin_router
 from gateway.api.auth import AuthMiddleware
+from gateway.api.errors import install as install_error_handlers
 from gateway.api.fast_path import FastRunPath
 from gateway.api.services import Services
 from gateway.api.observe import ObserveMiddleware
@@ -92,6 +93,7 @@ def create_app(
         ObserveMiddleware, access_log=settings.access_log, max_header_bytes=settings.limits.max_header_bytes
     )
     app.state.services = services
+    install_error_handlers(app)
 
 
     @app.get("/health", tags=["Health"], summary="Liveness: the process answers")

@@ -22,10 +22,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.errors import error_response
 from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, new_uuid, with_form_fields
 from gateway.api.limits import Limiter
 from gateway.api.runs import JSON_OBJECT_FIELDS
 from gateway.api.schemas import RunRequest
+from gateway.errors import Busy
 from gateway.proxy import Outgoing
 from gateway.routing import Directory, Remote
 from gateway.wire.encoding import v1_json_to_form
@@ -99,8 +101,8 @@ class FastRunPath:
         )
         try:
             release = self.limiter.acquire(stream)
-        except Exception as busy:  # an HTTPException: 503 with Retry-After
-            await _answer_http_exception(send, busy)
+        except Busy as busy:
+            await error_response(busy)(scope, replay, send)
             return
         try:
             request = Request(scope, replay)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-from fastapi import HTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.errors import Busy
 from gateway.settings import LimitSettings
 
-RETRY_AFTER_BUSY_S = "1"
+RETRY_AFTER_BUSY_S = 1.0
 
 
 class Limiter:
@@ -27,7 +27,7 @@ class Limiter:
         self.streams = 0
 
     def acquire(self, stream: bool) -> Callable[[], None]:
-        """A slot for one run (and stream), or 503; returns the function that gives it back."""
+        """A slot for one run (and stream), or ``Busy`` (503); returns the function that gives it back."""
         if self.runs >= self.limits.max_concurrent_runs:
             raise _busy(f"{self.limits.max_concurrent_runs} runs in progress")
         if stream and self.streams >= self.limits.max_streams:
@@ -73,5 +73,5 @@ class Released(Response):
             self.release()
 
 
-def _busy(detail: str) -> HTTPException:
-    return HTTPException(status_code=503, detail=f"Busy: {detail}", headers={"Retry-After": RETRY_AFTER_BUSY_S})
+def _busy(detail: str) -> Busy:
+    return Busy(f"Busy: {detail}", retry_after_s=RETRY_AFTER_BUSY_S)
