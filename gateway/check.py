@@ -75,7 +75,7 @@ def describe_settings(settings: Settings) -> List[str]:
     lines = [
         f"gateway: host={settings.host} port={settings.port} gateway_id={settings.gateway_id} "
         f"max_body_bytes={settings.max_body_bytes}",
-        f"on_conflict={settings.on_conflict} panic={_value(settings.panic)} "
+        f"on_conflict={settings.on_conflict} panic_threshold_percent={_value(settings.panic_threshold_percent)} "
         f"max_connections_per_upstream={settings.max_connections_per_upstream}",
     ]
     lines += [f"{name}: {_fields(getattr(settings, name))}" for name in SECTIONS]

@@ -14,6 +14,8 @@ place that turns them into answers (JSON ``{"detail": ...}``, as AgentOS answers
     │   └── NoUpstream            503: nothing usable serves the request now
     ├── UpstreamFailure           502/503/504: an upstream gave no usable answer; carries the
     │                             request's state (``gateway/retry.py``), which decides a retry
+    ├── StreamCut                 an upstream's stream ended early: told in-band, as the error
+    │                             event that ends the client's stream (``error_type`` UpstreamError)
     └── ConfigError               the configuration cannot be used (also a ``ValueError``)
 """
 
@@ -118,6 +120,15 @@ class UpstreamFailure(GatewayError):
         self.state = state
         self.status_code = status_code
         self.answer = answer
+
+
+class StreamCut(GatewayError):
+    """Carried by the in-band error event that ends a stream cut short (never raised: the
+    answer's head was sent already). ``type`` is what the event's ``error_type`` says, as agno's
+    own errors name theirs."""
+
+    status_code = 502
+    type = "UpstreamError"
 
 
 class ConfigError(GatewayError, ValueError):

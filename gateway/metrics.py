@@ -50,6 +50,7 @@ UPSTREAM_HEALTHY = Gauge(
 )  # fmt: skip
 UPSTREAM_EJECTIONS = Counter(f"{PREFIX}_upstream_ejections", "Outlier ejections", ["upstream"])
 RETRIES = Counter(f"{PREFIX}_retries", "Retries on another upstream, by the failure retried", ["upstream", "reason"])
+PANIC = Counter(f"{PREFIX}_panic", "Requests routed in panic: too few usable upstreams, so health was ignored")
 PROBE_DURATION = Histogram(
     f"{PREFIX}_probe_duration_seconds", "Active health probe latency", ["upstream"], buckets=DURATION_BUCKETS
 )

@@ -7,7 +7,12 @@ which says what the upstream serves (its membership). What an upstream last list
 it is down, so its ids stay known: a request for them gets 503 (come back later), not 404.
 
 The pool publishes state; it does not choose. ``candidates`` gives the balancing core a snapshot,
-``record`` feeds it the outcome of real traffic (passive ejection).
+``record`` feeds it the outcome of real traffic (passive ejection). It also keeps the load
+counters: a ``Flight`` (one request through the pool) is counted for power-of-two-choices,
+bounded load and the retry budget only through the pool's own methods.
+
+A probe that finds a new process behind an upstream (``instantiated_at`` changed) gives it a
+clean start: no ejection, no failure counts, usable from that good probe on.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class Upstream:
     catalog: Optional[Dict[str, Any]] = None  # its last GET /config answer
     instantiated_at: Optional[str] = None  # from GET /health: a change means it restarted
     in_flight: int = 0
+    probes: int = 0  # probes done, for /admin/upstreams
     session: Optional[aiohttp.ClientSession] = None
 
     def outcome_counter(self, outcome: Outcome) -> Any:
@@ -88,6 +94,47 @@ class Upstream:
         return self.session
 
 
+class _NoReuseAfter5xx(aiohttp.ClientResponse):
+    """AgentOS's server (uvicorn) closes a connection after an unhandled exception, right after
+    its 500: the next request written to it would meet a reset, and look like a broken upstream.
+    So a connection that answered a 5xx never goes back to the pool."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> "aiohttp.ClientResponse":
+        protocol = connection.protocol
+        response = await super().start(connection)
+        if self.status >= 500 and protocol is not None:
+            if self.connection is None:  # the whole answer came with its head: pooled already
+                protocol.close()
+            else:
+                protocol.force_close()  # closed instead of pooled once the body is read
+        return response
+
+
+class Flight:
+    """One request in flight through the pool, on at most one upstream at a time. Its counting
+    is the pool's (``Pool.take``, ``Pool.retrying``, ``Pool.land``); ``finish`` is idempotent."""
+
+    __slots__ = ("pool", "upstream", "retried", "done")
+
+    def __init__(self, pool: "Pool") -> None:
+        self.pool = pool
+        self.upstream: Optional[Upstream] = None
+        self.retried = False
+        self.done = False
+        pool.active_requests += 1
+
+    def on(self, upstream: Upstream) -> None:
+        """The request goes to ``upstream`` now (its first try, or a retry)."""
+        self.pool.take(self, upstream)
+
+    def mark_retry(self) -> None:
+        self.pool.retrying(self)
+
+    def finish(self, outcome: Optional[Outcome] = None) -> None:
+        """The request is over; ``outcome`` (if any) is recorded for outlier ejection."""
+        self.pool.land(self, outcome)
+
+
 Resolver = Callable[[str, int], Awaitable[List[Tuple[str, int]]]]
 
 
@@ -115,6 +162,38 @@ class Pool:
         self._discovered: Dict[str, Set[str]] = {}  # DNS entry -> the upstreams its last answer gave
         self._rng = random.Random()
 
+    # -- load counters (a Flight's bookkeeping) ----------------------------------------------------
+
+    def flight(self) -> Flight:
+        return Flight(self)
+
+    def take(self, flight: Flight, upstream: Upstream) -> None:
+        if flight.upstream is not None:
+            flight.upstream.in_flight -= 1
+            flight.upstream.in_flight_gauge.dec()
+        flight.upstream = upstream
+        upstream.in_flight += 1
+        upstream.in_flight_gauge.inc()
+
+    def retrying(self, flight: Flight) -> None:
+        if not flight.retried:
+            flight.retried = True
+            self.active_retries += 1
+
+    def land(self, flight: Flight, outcome: Optional[Outcome]) -> None:
+        if flight.done:
+            return
+        flight.done = True
+        self.active_requests -= 1
+        if flight.retried:
+            self.active_retries -= 1
+        upstream = flight.upstream
+        if upstream is not None:
+            upstream.in_flight -= 1
+            upstream.in_flight_gauge.dec()
+            if outcome is not None:
+                self.record(upstream, outcome)
+
     def _new_upstream(self, config: UpstreamConfig) -> Upstream:
         health_policy = HealthPolicy(
             healthy_threshold=self.settings.health.healthy_threshold,
@@ -126,10 +205,16 @@ class Pool:
     def _open(self, upstream: Upstream) -> None:
         limit = self.settings.max_connections_per_upstream
         upstream.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=10),
-            # Per-request timeouts are set by the proxy; none here that could cut a stream.
+            # Idle connections close before AgentOS's server would close them (uvicorn: 5 s), so
+            # a run is rarely written to a connection the upstream is just closing.
+            connector=aiohttp.TCPConnector(
+                limit=limit, limit_per_host=limit, ttl_dns_cache=10,
+                keepalive_timeout=self.settings.timeouts.upstream_keepalive_s,
+            ),  # fmt: skip
+            # Per-request timeouts are set by the sender; none here that could cut a stream.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.timeouts.connect_s),
             auto_decompress=False,  # bytes pass through as the upstream sent them
+            response_class=_NoReuseAfter5xx,
             skip_auto_headers=("User-Agent",),
         )
 
@@ -288,9 +373,12 @@ class Pool:
         """One health check; after a good one, the membership is read again."""
         before = upstream.health.active
         started = time.perf_counter()
-        ok = await self._check_health(upstream)
+        ok, restarted = await self._check_health(upstream)
         metrics.PROBE_DURATION.labels(upstream.name).observe(time.perf_counter() - started)
+        if restarted:
+            upstream.health.on_restart()
         state = upstream.health.on_probe(Probe.OK if ok else Probe.FAILED)
+        upstream.probes += 1
         upstream.healthy_gauge.set(1 if state is ActiveState.HEALTHY else 0)
         if ok:
             await self._refresh_membership(upstream)
@@ -299,20 +387,22 @@ class Pool:
             log("upstream %s is %s", upstream.name, state.value)
         return state
 
-    async def _check_health(self, upstream: Upstream) -> bool:
+    async def _check_health(self, upstream: Upstream) -> Tuple[bool, bool]:
+        """(answered well, is a new process since the last good probe)."""
         timeout = aiohttp.ClientTimeout(total=self.settings.health.timeout_s)
         try:
             async with upstream.client().get(f"{upstream.base_url}/health", timeout=timeout) as response:
                 if response.status != 200:
-                    return False
+                    return False, False
                 body = await response.json(content_type=None)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return False
+            return False, False
         instantiated_at = body.get("instantiated_at") if isinstance(body, dict) else None
-        if upstream.instantiated_at is not None and instantiated_at != upstream.instantiated_at:
-            logger.info("upstream %s restarted (instantiated_at %s)", upstream.name, instantiated_at)
+        restarted = upstream.instantiated_at is not None and instantiated_at != upstream.instantiated_at
+        if restarted:
+            logger.info("upstream %s restarted (instantiated_at %s): it starts clean", upstream.name, instantiated_at)
         upstream.instantiated_at = instantiated_at
-        return True
+        return True, restarted
 
     async def _refresh_membership(self, upstream: Upstream) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.health.timeout_s)
@@ -352,6 +442,7 @@ class Pool:
                 weight=upstream.config.weight,
                 usable=upstream.health.is_usable(now),
                 in_flight=upstream.in_flight,
+                draining=upstream.health.draining,
             )
             for upstream in upstreams
         ]

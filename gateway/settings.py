@@ -95,12 +95,18 @@ class HealthSettings(Strict):
 
 
 class OutlierSettings(Strict):
-    """Passive health: ejection on failures seen in real traffic (Envoy's outlier detection)."""
+    """Passive health: ejection on failures seen in real traffic (Envoy's outlier detection, with
+    local-origin errors split from answers)."""
 
-    consecutive_failures: int = Field(5, ge=1, description="connect errors, timeouts or 5xx in a row")
+    consecutive_failures: int = Field(
+        5, ge=1, description="in a row: connect errors, timeouts, resets, malformed answers, cut streams, 502/503/504"
+    )
     base_ejection_s: float = Field(30.0, gt=0, description="first ejection; doubles each time")
     max_ejection_s: float = Field(300.0, gt=0, description="cap of one ejection")
     max_ejection_percent: float = Field(50.0, ge=0, le=100, description="never eject more of the pool")
+    count_5xx: bool = Field(
+        False, description="a plain 500 (AgentOS's answer to an exception, often the client's own input) counts too"
+    )
 
 
 class RetrySettings(Strict):
@@ -111,6 +117,9 @@ class RetrySettings(Strict):
     backoff_max_s: float = Field(0.25, ge=0, description="jittered exponential backoff: cap")
     budget_percent: float = Field(20.0, ge=0, le=100, description="retries at most this share of active requests")
     min_retry_concurrency: int = Field(3, ge=0, description="retries always allowed at once")
+    on_503: bool = Field(
+        False, description="also retry an upstream's 503 (AgentOS answers a run that failed mid-way with its error's status)"
+    )
 
 
 class TimeoutSettings(Strict):
@@ -119,6 +128,9 @@ class TimeoutSettings(Strict):
     run_s: float = Field(300.0, gt=0, description="a whole run, stream or not")
     stream_idle_s: float = Field(300.0, gt=0, description="silence of a stream before it is ended")
     keepalive_s: float = Field(15.0, ge=0, description="': keepalive' comment after this much silence; 0 = off")
+    upstream_keepalive_s: float = Field(
+        4.0, gt=0, description="an idle upstream connection is closed after this; below AgentOS's (uvicorn's) 5 s"
+    )
 
 
 class AffinitySettings(Strict):
@@ -198,7 +210,10 @@ class Settings(BaseSettings):
     on_conflict: Literal["error", "local", "upstream"] = Field(
         "error", description="an id served locally and by upstreams: refuse to start, or which one wins"
     )
-    panic: bool = Field(False, description="no usable upstream: try them all (Envoy's panic) instead of 503")
+    panic_threshold_percent: float = Field(
+        50.0, ge=0, le=100,
+        description="under this share of usable upstreams for an id, spread over all of them (Envoy's panic); 0 = off",
+    )  # fmt: skip
     health: HealthSettings = Field(default_factory=HealthSettings)
     outlier: OutlierSettings = Field(default_factory=OutlierSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Awaitable, Callable, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -17,6 +17,20 @@ async def eventually(check: Callable[[], Optional[T]], *, timeout: float = 15.0,
     deadline = time.monotonic() + timeout
     while True:
         value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {value!r})")
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def eventually_async(
+    check: Callable[[], Awaitable[Optional[T]]], *, timeout: float = 15.0, what: str = "condition"
+) -> T:
+    """``eventually`` for a check that has to await (an HTTP request)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
         if value:
             return value
         if time.monotonic() > deadline:

@@ -29,7 +29,7 @@ from gateway.demo.upstreams import (
     upstream_names,
     upstream_ports,
 )
-from gateway.proxy import AFFINITY_HEADER, UPSTREAM_HEADER
+from gateway.api.forwarding import AFFINITY_HEADER, UPSTREAM_HEADER
 from tests.pools import answered_by
 
 READY_LINE = "Ctrl-C stops the gateway"

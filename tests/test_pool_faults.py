@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from gateway.balancing import rank
-from tests.helpers import eventually
-from tests.pools import FAST_HEALTH, gateway_config, start_gateway, start_upstreams, upstream_states
+from tests.helpers import eventually, eventually_async
+from tests.pools import ADMIN_KEY, FAST_HEALTH, gateway_config, start_gateway, start_upstreams, upstream_states
 from tests.fake_upstream import FaultyUpstream
 from tests.processes import Server, restart
 
@@ -148,20 +148,77 @@ async def test_kill_9_under_load_loses_no_new_run_and_moves_only_its_sessions(ki
                 assert seen and all(entry == (home, "hit") for entry in seen), (session_id, seen)
 
         servers[victim] = restart(servers[victim], log_dir)
-        restarted_at = time.monotonic()
-
-        async def back_home() -> bool:
-            response = await _run(client, victim_session)
-            return response.status_code == 200 and response.headers["x-agentos-gateway-upstream"] == victim
-
-        while not await back_home():
-            assert time.monotonic() - restarted_at < 15, "the restarted upstream never came back"
-            await asyncio.sleep(0.05)
-        recovered_s = time.monotonic() - restarted_at
+        rejoin_s, probes = await _rejoins_within_two_probes(gateway, victim)
+        back = await _run(client, victim_session)
+        assert back.status_code == 200 and back.headers["x-agentos-gateway-upstream"] == victim
+        assert back.headers["x-agentos-gateway-affinity"] == "hit"
     print(
-        f"kill -9: stream ended {stream_ended_s * 1000:.0f} ms after the kill; "
-        f"recovered {recovered_s:.2f} s after restart (probe interval {FAST_HEALTH['interval_s']} s)"
+        f"kill -9: stream ended {stream_ended_s * 1000:.0f} ms after the kill; usable again {rejoin_s:.2f} s "
+        f"after the restart answered, after {probes} probe(s) (interval {FAST_HEALTH['interval_s']} s)"
     )
+
+
+async def _rejoins_within_two_probes(gateway: Server, name: str) -> Tuple[float, int]:
+    """Called once a restarted upstream answers: the gateway must find it usable by the end of
+    its second probe from now (the first may have started before the restart). Returns the
+    seconds until it was seen usable and the probes done by then."""
+    started = time.monotonic()
+    probes_before = (await upstream_states(gateway))[name]["probes"]
+
+    async def usable_or_two_probes() -> Optional[Dict]:
+        state = (await upstream_states(gateway))[name]
+        return state if state["usable"] or state["probes"] >= probes_before + 2 else None
+
+    state = await eventually_async(usable_or_two_probes, timeout=30, what=f"{name} usable or probed twice")
+    rejoin_s = time.monotonic() - started
+    assert state["usable"], f"{name} not usable after two probes since its restart: {state}"
+    assert state["ejected_for_s"] is None and state["consecutive_failures"] == 0, state
+    return rejoin_s, state["probes"] - probes_before
+
+
+@pytest.fixture(params=["unseen", "seen-down"])
+def restartable(request, log_dir):
+    """Two upstreams; probes that mark a down upstream down at once (seen-down) or never (unseen),
+    and that need three good probes to mark one up again."""
+    seen_down = request.param == "seen-down"
+    upstreams = start_upstreams(["restart-a", "restart-b"], log_dir)
+    health = {**FAST_HEALTH, "healthy_threshold": 3, "unhealthy_threshold": 1 if seen_down else 1000}
+    config = gateway_config(upstreams, health=health, outlier={"consecutive_failures": 2, "base_ejection_s": 120})
+    gateway = start_gateway(f"restart-gateway-{request.param}", config, log_dir)
+    yield gateway, {server.name: server for server in upstreams}, seen_down
+    for server in [gateway, *upstreams]:
+        server.stop()
+
+
+async def test_a_restarted_upstream_starts_clean_and_rejoins_within_two_probes(restartable, log_dir) -> None:
+    gateway, servers, seen_down = restartable
+    names = sorted(servers)
+    victim = "restart-b"
+    session = next(s for s, home in _sessions_homed(names, per_upstream=1, prefix="restart").items() if home == victim)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        servers[victim].process.kill()
+        servers[victim].process.wait(timeout=10)
+        # Runs of its session fail to connect there (retried on the other): ejected for 120 s.
+        for _ in range(2):
+            moved = await _run(client, session)
+            assert moved.status_code == 200 and moved.headers["x-agentos-gateway-upstream"] == "restart-a"
+        state = (await upstream_states(gateway))[victim]
+        assert state["ejected_for_s"] is not None and not state["usable"], state
+        if seen_down:
+            await eventually_async(
+                lambda: _state_is(gateway, victim, "unhealthy"), what="probes marking the killed upstream down"
+            )
+        servers[victim] = restart(servers[victim], log_dir)
+        rejoin_s, probes = await _rejoins_within_two_probes(gateway, victim)
+        home = await _run(client, session)
+        assert home.status_code == 200 and home.headers["x-agentos-gateway-upstream"] == victim
+        assert home.headers["x-agentos-gateway-affinity"] == "hit"
+    assert f"upstream {victim} restarted" in gateway.log()
+    print(f"restart ({'seen down' if seen_down else 'unseen'}): usable {rejoin_s:.2f} s after it answered, {probes} probe(s)")
+
+
+async def _state_is(gateway: Server, name: str, state: str) -> bool:
+    return (await upstream_states(gateway))[name]["state"] == state
 
 
 # -- SIGSTOP ---------------------------------------------------------------------------------------
@@ -228,17 +285,20 @@ async def test_a_hung_upstream_times_out_is_ejected_and_returns(hangable) -> Non
 # -- garbage and cut answers -----------------------------------------------------------------------
 
 
-@pytest.fixture
-async def faulty(log_dir):
+@pytest.fixture(params=[50, 0], ids=["panic-default", "panic-off"])
+async def faulty(request, log_dir):
     upstream = FaultyUpstream()
     await upstream.start()
     config = {
         "upstreams": [{"name": "faulty", "url": upstream.url}],
         "health": FAST_HEALTH,
         "outlier": {"consecutive_failures": 3, "base_ejection_s": 60},
+        "panic_threshold_percent": request.param,
+        "admin_key": ADMIN_KEY,
     }
-    gateway = await asyncio.to_thread(start_gateway, "faulty-gateway", config, log_dir)
+    gateway = await asyncio.to_thread(start_gateway, f"faulty-gateway-{request.param}", config, log_dir)
     gateway.faulty = upstream  # type: ignore[attr-defined]
+    gateway.panic_threshold = request.param  # type: ignore[attr-defined]
     yield gateway
     gateway.stop()
     await upstream.close()
@@ -264,42 +324,99 @@ async def test_garbage_and_cut_answers_are_502_or_an_in_band_error_then_ejection
         assert [name for name, _ in frames] == ["RunStarted", "RunError"]
         error = frames[-1][1]
         assert error["session_id"] == "s-cut" and error["agent_id"] == "echo-agent" and "faulty" in error["content"]
+        assert error["error_type"] == "UpstreamError"
+        assert (await upstream_states(faulty))["faulty"]["ejected_for_s"] is not None  # three in a row
 
-        # three failures in a row: ejected, and with no other upstream nothing can serve
-        ejected = await _run(client, "s-after", "short please")
-        assert ejected.status_code == 503, ejected.text
-        assert int(ejected.headers["retry-after"]) >= 1
+        after = await _run(client, "s-after", "fine please")
+        if faulty.panic_threshold:  # type: ignore[attr-defined]
+            # The only upstream is ejected: 0 % usable is under the threshold, so it still serves.
+            assert after.status_code == 200 and after.headers["x-agentos-gateway-upstream"] == "faulty", after.text
+            assert _metric(await client.get("/metrics"), "agentos_gateway_panic_total") >= 1
+            assert "panic: 0 of 1 upstreams (faulty) usable" in faulty.log()
+        else:  # panic off: nothing can serve
+            assert after.status_code == 503, after.text
+            assert int(after.headers["retry-after"]) >= 1
     assert "upstream faulty ejected for 60.0 s" in faulty.log()
 
 
-@pytest.fixture
-async def faulty_and_fine(log_dir, pool_upstreams):
+def _metric(scrape: httpx.Response, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in scrape.text.splitlines():
+        if line.startswith(name) and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(params=[False, True], ids=["on_503-off", "on_503-on"])
+async def faulty_and_fine(request, log_dir, pool_upstreams):
     upstream = FaultyUpstream()
     await upstream.start()
     fine = pool_upstreams[0]
     config = {
         "upstreams": [{"name": "faulty", "url": upstream.url}, {"name": fine.name, "url": fine.url}],
         "health": FAST_HEALTH,
+        "retry": {"on_503": request.param},
     }
-    gateway = await asyncio.to_thread(start_gateway, "faulty-and-fine-gateway", config, log_dir)
+    gateway = await asyncio.to_thread(start_gateway, f"faulty-and-fine-gateway-{request.param}", config, log_dir)
     names = [("faulty", 1.0), (fine.name, 1.0)]
     session_id = next(f"f-{i}" for i in range(100) if rank(f"f-{i}", names)[0] == "faulty")
-    yield gateway, session_id, fine.name
+    yield gateway, session_id, fine.name, request.param
     gateway.stop()
     await upstream.close()
 
 
-async def test_an_immediate_503_is_retried_on_the_next_upstream_but_a_sent_request_never(faulty_and_fine) -> None:
-    gateway, session_id, fine = faulty_and_fine
+async def test_a_503_is_retried_only_by_opt_in_and_a_sent_request_never(faulty_and_fine) -> None:
+    gateway, session_id, fine, on_503 = faulty_and_fine
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
         busy = await _run(client, session_id, "busy now")
-        # the faulty upstream said 503 at once: it did not run it, so the next one did
-        assert busy.status_code == 200, busy.text
-        assert busy.headers["x-agentos-gateway-upstream"] == fine
-        assert busy.headers["x-agentos-gateway-affinity"] == "moved"
+        if on_503:  # the faulty upstream's 503 was taken as "did not run it": the next one did
+            assert busy.status_code == 200, busy.text
+            assert busy.headers["x-agentos-gateway-upstream"] == fine
+            assert busy.headers["x-agentos-gateway-affinity"] == "moved"
+        else:  # AgentOS may answer 503 for a run that failed mid-way: passed on, not run twice
+            assert busy.status_code == 503 and busy.json() == {"detail": "busy"}, busy.text
+            assert busy.headers["x-agentos-gateway-upstream"] == "faulty"
         # a garbage answer came after the request was sent: the run may have started, no retry
         garbage = await _run(client, session_id, "garbage now")
         assert garbage.status_code == 502 and garbage.headers.get("x-agentos-gateway-upstream") is None
+
+
+@pytest.fixture(params=[False, True], ids=["count_5xx-off", "count_5xx-on"])
+def one_upstream(request, log_dir, pool_upstreams):
+    """A gateway in front of one real upstream, ejecting after 3 failures in a row."""
+    config = gateway_config(
+        pool_upstreams[:1], outlier={"consecutive_failures": 3, "base_ejection_s": 60, "count_5xx": request.param}
+    )
+    gateway = start_gateway(f"one-upstream-gateway-{request.param}", config, log_dir)
+    yield gateway, pool_upstreams[0].name, request.param
+    gateway.stop()
+
+
+async def test_a_clients_own_500s_eject_nothing_unless_configured(one_upstream) -> None:
+    gateway, name, count_5xx = one_upstream
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        agent_run = (await _run(client, "agent-session")).json()
+        # A team's continue naming an agent's run: AgentOS fails on it with a 500 (its own
+        # exception), which says nothing about the upstream's health.
+        form = {"tools": "[]", "session_id": agent_run["session_id"], "stream": "false"}
+        statuses = [
+            (await client.post(f"/teams/echo-team/runs/{agent_run['run_id']}/continue", data=form)).status_code
+            for _ in range(20)
+        ]
+        assert statuses == [500] * 20
+        state = (await upstream_states(gateway))[name]
+        scrape = await client.get("/metrics")
+        assert _metric(scrape, "agentos_gateway_upstream_requests_total", upstream=name, outcome="server_error") == 20
+        if count_5xx:
+            assert state["ejected_for_s"] is not None and state["ejections"] >= 1, state
+        else:
+            assert state["ejected_for_s"] is None and state["ejections"] == 0 and state["usable"], state
+            assert _metric(scrape, "agentos_gateway_upstream_ejections_total", upstream=name) == 0
+        # either way, runs go on: the only upstream serves (ejected, in panic)
+        after = await _run(client, "another-session")
+        assert after.status_code == 200, after.text
+    print(f"20 client-caused 500s with count_5xx={count_5xx}: ejections {state['ejections']}")
 
 
 def _rss_mb(pid: int) -> float:

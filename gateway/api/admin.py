@@ -46,6 +46,8 @@ def describe(pool: Pool, upstream: Upstream) -> Dict[str, Any]:
         "usable": health.is_usable(now),
         "ejected_for_s": round(health.ejected_until - now, 3) if health.is_ejected(now) else None,
         "ejections": health.ejections,
+        "consecutive_failures": health.consecutive_failures,
+        "probes": upstream.probes,
         "draining": health.draining,
         "in_flight": upstream.in_flight,
         "instantiated_at": upstream.instantiated_at,
@@ -122,7 +124,7 @@ def admin_router(settings: Settings, services: "Services") -> APIRouter:
             "upstream_connections": {name: c["in_use"] + c["idle"] for name, c in counts.items()},
             "upstream_connections_in_use": {name: c["in_use"] for name, c in counts.items()},
             # run id -> upstream, kept for cancels (bounded; entries expire after run_s + 60 s)
-            "remembered_runs": len(services.forwarder.proxy.run_owners) if services.forwarder is not None else 0,
+            "remembered_runs": len(services.forwarder.run_owners) if services.forwarder is not None else 0,
         }
 
     @router.post("/reload", summary="Read the configuration file again and apply it (as SIGHUP)")

@@ -27,7 +27,7 @@ from gateway.api.runs import runs_router
 from gateway.api.sessions import sessions_router
 from gateway.local import LocalRegistry
 from gateway.metrics import scrape
-from gateway.proxy import AFFINITY_HEADER, UPSTREAM_HEADER
+from gateway.api.forwarding import AFFINITY_HEADER, UPSTREAM_HEADER
 from gateway.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if pool is not None:
             await pool.start()
+        if forwarder is not None:
+            forwarder.start()
         _reload_on_sighup(services)
         # Everything loaded so far (agno and its imports: a large heap) lives as long as the
         # process: kept out of the collector's full passes, which otherwise pause requests.
@@ -71,6 +73,8 @@ def create_app(
                 raise ConfigError("\n".join(conflicts))
             yield
         finally:
+            if forwarder is not None:
+                await forwarder.close()
             if pool is not None:
                 await pool.close()
 

@@ -20,7 +20,7 @@ from gateway.api.forwarding import Forwarder
 from gateway.api.runs import resolve
 from gateway.local import LocalEntity, LocalRegistry
 from gateway.pool import Upstream
-from gateway.proxy import Outgoing
+from gateway.sender import Outgoing
 from gateway.routing import Directory
 from gateway.settings import Settings
 from gateway.wire.kinds import EntityKind

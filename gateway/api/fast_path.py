@@ -28,7 +28,7 @@ from gateway.api.limits import Limiter
 from gateway.api.runs import JSON_OBJECT_FIELDS
 from gateway.api.schemas import RunRequest
 from gateway.errors import Busy
-from gateway.proxy import Outgoing
+from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote
 from gateway.wire.encoding import v1_json_to_form
 from gateway.wire.kinds import EntityKind, is_valid_entity_id

@@ -7,47 +7,57 @@ the AgentOS-native routes (passed through), listings and session routes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
+import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
 from gateway import metrics
-from gateway.balancing import AffinityMode, Choice, Outcome, choose
-from gateway.pool import Pool, Upstream
-from gateway.proxy import (
-    Flight,
-    Opened,
-    Outgoing,
-    Proxy,
-    StreamRelay,
-    UpstreamFailure,
-    is_event_stream,
-    no_upstream_response,
-    read_answer,
-)
+from gateway.api.errors import error_response
+from gateway.balancing import Affinity, AffinityMode, Choice, Outcome, choose
+from gateway.disconnect import ClientDisconnected, until_disconnected
+from gateway.errors import ClientGone, NoUpstream, StreamCut, UpstreamFailure
+from gateway.pool import Flight, Pool, Upstream
+from gateway.relay import StreamRelay, is_event_stream
+from gateway.run_owners import RunOwners
+from gateway.sender import Opened, Outgoing, Sender, read_answer
 from gateway.settings import Settings
 from gateway.wire.kinds import EntityKind
 from gateway.wire.sse import format_frame
 
 logger = logging.getLogger(__name__)
 
+UPSTREAM_HEADER = "x-agentos-gateway-upstream"
+AFFINITY_HEADER = "x-agentos-gateway-affinity"
 # Client headers an upstream may see. Never Authorization: each upstream gets its own key (unless
 # forward_authorization). x-request-id and traceparent are the gateway's (see api/observe.py).
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-language", "tracestate")
+# The gateway passes bodies through as they come: an upstream may compress only what the client
+# itself said it can read, else nothing (aiohttp would otherwise offer gzip and deflate).
+IDENTITY = "identity"
 CANCEL_TIMEOUT_S = 5.0
+SWEEP_INTERVAL_S = 30.0
+
+# Never copied from one hop to the next (RFC 9110 §7.6.1), plus what the server sets itself.
+_NOT_FORWARDED_RESPONSE_HEADERS = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+        "transfer-encoding", "upgrade", "content-length", "date", "server",
+    }
+)  # fmt: skip
 
 
-class UpstreamLost(Exception):
-    """A run's upstream stream ended early (cut, silent too long, past its deadline)."""
-
-    type = "UpstreamError"  # what an error event's error_type says, as agno's own errors do
+def segment(value: str) -> str:
+    """One path segment of an upstream URL: percent-encoded whole, so a client's text can never
+    add a segment, a dot segment or a query."""
+    return quote(value, safe="")
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,7 @@ class RunInfo:
 
     def error_frame(self, message: str) -> bytes:
         event = self.kind.error_event(
-            UpstreamLost(message), entity_id=self.entity_id, run_id=self.run_id, session_id=self.session_id
+            StreamCut(message), entity_id=self.entity_id, run_id=self.run_id, session_id=self.session_id
         )
         return format_frame(event).encode()
 
@@ -75,12 +85,28 @@ class Forwarder:
     def __init__(self, pool: Pool, settings: Settings) -> None:
         self.pool = pool
         self.settings = settings
-        self.proxy = Proxy(pool, settings)
+        self.sender = Sender(pool, settings)
+        self.run_owners = RunOwners(ttl_s=settings.timeouts.run_s + 60.0)
         self._background: Set[asyncio.Task] = set()
+        self._in_panic: Set[Tuple[str, ...]] = set()  # upstream sets now served in panic (logged once)
+        self._sweeper: Optional[asyncio.Task] = None
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.settings = self.sender.settings = settings
+
+    def start(self) -> None:
+        self._sweeper = asyncio.ensure_future(self.run_owners.sweeping(SWEEP_INTERVAL_S))
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
 
     def _forwarded_headers(self, request: Request) -> Dict[str, str]:
         headers = request.headers
         forwarded = {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}
+        forwarded["accept-encoding"] = headers.get("accept-encoding", IDENTITY)
         state = request.scope.get("state", {})
         for name in ("request_id", "traceparent"):
             if name in state:
@@ -93,20 +119,40 @@ class Forwarder:
 
     def choose(self, upstreams: Sequence[Upstream], session_id: Optional[str], *, session_is_new: bool = False) -> Choice:
         affinity = self.settings.affinity
-        return choose(
+        choice = choose(
             self.pool.candidates(upstreams),
             session_id,
             mode=AffinityMode(affinity.mode),
             session_is_new=session_is_new,
             load_factor=affinity.load_factor,
-            panic=self.settings.panic,
+            panic_threshold_percent=self.settings.panic_threshold_percent,
         )
+        self._note_panic(upstreams, choice.panic)
+        return choice
+
+    def _note_panic(self, upstreams: Sequence[Upstream], panic: bool) -> None:
+        """A metric per request in panic; a log line when a set of upstreams enters or leaves it."""
+        if not panic and not self._in_panic:
+            return
+        names = tuple(sorted(upstream.name for upstream in upstreams))
+        if panic:
+            metrics.PANIC.inc()
+            if names not in self._in_panic:
+                self._in_panic.add(names)
+                usable = sum(1 for upstream in upstreams if self.pool.is_usable(upstream))
+                logger.warning(
+                    "panic: %d of %d upstreams (%s) usable, under %g %%: spreading over all of them",
+                    usable, len(names), ", ".join(names), self.settings.panic_threshold_percent,
+                )  # fmt: skip
+        elif names in self._in_panic:
+            self._in_panic.discard(names)
+            logger.info("panic over: upstreams %s", ", ".join(names))
 
     def order(self, choice: Choice) -> List[Upstream]:
         return [self.pool.upstreams[name] for name in choice.order]
 
-    def unavailable(self, detail: str = "No upstream available") -> Response:
-        return no_upstream_response(self.settings.health.interval_s, detail)
+    def unavailable(self, detail: str = "No upstream available") -> NoUpstream:
+        return NoUpstream(detail, retry_after_s=self.settings.health.interval_s)
 
     # -- sending -----------------------------------------------------------------------------------
 
@@ -125,50 +171,62 @@ class Forwarder:
         is cancelled on that upstream explicitly too (AgentOS does not notice a non-stream
         client leaving)."""
         if not choice.order:
-            return self.unavailable()
+            return error_response(self.unavailable())
         started_at = asyncio.get_running_loop().time()
         outgoing.headers = {**self._forwarded_headers(request), **outgoing.headers}
-        flight = Flight(self.pool)
+        flight = self.pool.flight()
         try:  # one watch on the client for both the answer's head and (non-stream) its body
             opened, answer = await until_disconnected(request, self._exchange(outgoing, choice, flight))
         except ClientDisconnected:
             self._client_left(flight, run)
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+            return error_response(ClientGone())
         except UpstreamFailure as failure:
-            flight.finish(failure.outcome if failure.answered else None)
-            return failure.response()
+            flight.finish()  # its outcome was recorded when it happened
+            return error_response(failure)
         except BaseException:
             flight.finish()
             raise
         request.state.upstream = opened.upstream.name
         request.state.retries = opened.tries - 1
-        if run is not None:
-            self.proxy.run_owners.remember(run.run_id, opened.upstream.name)
-        headers = self.proxy.answer_headers(opened, choice.affinity if with_affinity else None)
+        status = opened.response.status
+        if run is not None and 200 <= status < 300:
+            self.run_owners.remember(run.run_id, opened.upstream.name)
+        headers = self.answer_headers(opened, choice.affinity if with_affinity else None)
         if answer is None:
             error_frame = run.error_frame if run is not None else generic_error_frame
             return StreamRelay(
                 opened, headers, error_frame=error_frame, settings=self.settings, started_at=started_at,
                 run_labels=run.labels if run is not None else None,
             )  # fmt: skip
-        status, body = answer
-        flight.finish(Outcome.SERVER_ERROR if status >= 500 else Outcome.SUCCESS)
+        body = answer
+        flight.finish(Outcome.of_status(status))
         if run is not None and status == 200:
             metrics.record_run(*run.labels, _run_status(body))
         return Response(body, status_code=status, headers=headers)
 
-    async def _exchange(
-        self, outgoing: Outgoing, choice: Choice, flight: Flight
-    ) -> Tuple[Opened, Optional[Tuple[int, bytes]]]:
+    async def _exchange(self, outgoing: Outgoing, choice: Choice, flight: Flight) -> Tuple[Opened, Optional[bytes]]:
         """The upstream's answer: its head, and its whole body unless it is a stream."""
-        opened = await self.proxy.open(self.order(choice), outgoing, flight)
+        opened = await self.sender.open(self.order(choice), outgoing, flight)
         if is_event_stream(opened.response):
             return opened, None
         try:
-            return opened, await read_answer(opened)
+            return opened, (await read_answer(opened))[1]
         except BaseException:
             opened.response.close()  # the client left, or the body broke: the connection goes
             raise
+
+    def answer_headers(self, opened: Opened, affinity: Optional[Affinity]) -> Dict[str, str]:
+        headers = {
+            name: value
+            for name, value in opened.response.headers.items()
+            if name.lower() not in _NOT_FORWARDED_RESPONSE_HEADERS
+        }
+        if self.settings.affinity.headers:
+            headers[UPSTREAM_HEADER] = opened.upstream.name
+            if affinity is not None:
+                moved = opened.tries > 1 and affinity is not Affinity.NEW
+                headers[AFFINITY_HEADER] = (Affinity.MOVED if moved else affinity).value
+        return headers
 
     def _client_left(self, flight: Flight, run: Optional[RunInfo]) -> None:
         upstream = flight.upstream
@@ -180,20 +238,20 @@ class Forwarder:
 
     async def cancel_on(self, upstream: Upstream, kind: EntityKind, entity_id: str, run_id: str, query: str) -> int:
         """AgentOS's cancel on one upstream; its status code, or 0 when it could not be reached."""
-        path = f"/{kind.path}/{entity_id}/runs/{run_id}/cancel" + (f"?{query}" if query else "")
+        path = f"/{kind.path}/{segment(entity_id)}/runs/{segment(run_id)}/cancel" + (f"?{query}" if query else "")
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT_S):
                 async with upstream.client().post(upstream.base_url + path, headers=upstream.auth_headers) as answer:
                     await answer.read()
                     return answer.status
-        except (asyncio.TimeoutError, OSError, Exception) as error:  # noqa: BLE001 - reported, never raised
+        except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:  # reported, never raised (RuntimeError: a removed upstream)
             logger.warning("cancel of run %s on upstream %s failed: %s", run_id, upstream.name, error)
             return 0
 
     async def cancel(self, upstreams: Sequence[Upstream], kind: EntityKind, entity_id: str, run_id: str, query: str) -> int:
         """Cancel on the upstream that runs ``run_id``, or on every upstream serving the id when
         that is not known (the run started elsewhere or long ago). 200 when any upstream took it."""
-        owner = self.proxy.run_owners.owner(run_id)
+        owner = self.run_owners.owner(run_id)
         targets = [u for u in upstreams if u.name == owner] or list(upstreams)
         statuses = await asyncio.gather(*(self.cancel_on(u, kind, entity_id, run_id, query) for u in targets))
         if any(200 <= status < 300 for status in statuses):

@@ -18,12 +18,12 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
-from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, with_form_fields
+from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, segment, with_form_fields
 from gateway.api.limits import Limiter
 from gateway.api.local_runs import cancel_locally, run_locally, run_params
 from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
 from gateway.local import LocalEntity
-from gateway.proxy import Outgoing
+from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote, Target
 from gateway.wire.encoding import v1_json_to_form
 from gateway.wire.kinds import ENTITY_ID_PATTERN, EntityKind, is_valid_entity_id
@@ -211,7 +211,7 @@ def _add_kind_routes(
         choice = _choice_for_run(fwd, target, run_id, session_id)
         outgoing = Outgoing(
             "POST",
-            f"/{kind.path}/{entity_id}/runs/{run_id}/continue",
+            f"/{kind.path}/{segment(entity_id)}/runs/{segment(run_id)}/continue",
             body=await request.body(),
             expects_stream=_form_bool(form, "stream", True),
         )
@@ -251,7 +251,7 @@ async def _forward_run(
 
 def _choice_for_run(fwd: Forwarder, target: Remote, run_id: Optional[str], session_id: Optional[str]):  # type: ignore[no-untyped-def]
     """Where an existing run lives: its recorded upstream, else its session's, else any."""
-    owner = fwd.proxy.run_owners.owner(run_id) if run_id else None
+    owner = fwd.run_owners.owner(run_id) if run_id else None
     owned = [u for u in target.upstreams if u.name == owner]
     if owned and fwd.pool.is_usable(owned[0]):
         return fwd.choose(owned, None)

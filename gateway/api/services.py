@@ -71,7 +71,7 @@ class Services:
         if self.pool is not None:
             await self.pool.reconfigure(settings)
         if self.forwarder is not None:
-            self.forwarder.settings = self.forwarder.proxy.settings = settings
+            self.forwarder.reconfigure(settings)
         self.directory.registry, self.directory.on_conflict = registry, settings.on_conflict
         self.limiter.limits = settings.limits
         self.keyring.load(settings.auth.keys)

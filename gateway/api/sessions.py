@@ -19,7 +19,7 @@ from gateway.api.forwarding import Forwarder, new_session
 from gateway.api.runs import resolve
 from gateway.balancing import Affinity, Choice
 from gateway.pool import Upstream
-from gateway.proxy import Outgoing
+from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote
 from gateway.wire.kinds import EntityKind
 
@@ -44,7 +44,7 @@ def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> API
 
     async def first_that_knows(request: Request, order: List[str]) -> Response:
         if not order:
-            return forwarder.unavailable()
+            raise forwarder.unavailable()
         answer: Optional[Response] = None
         for name in order:
             answer = await forwarder.forward(request, Choice([name], Affinity.HIT), await _outgoing(request), with_affinity=False)

@@ -5,7 +5,7 @@ weighted rendezvous hash; ``choice`` turns candidates into an order to try; ``re
 retries. The pool (I/O) feeds them and acts on their answers.
 """
 
-from gateway.balancing.choice import Affinity, AffinityMode, Candidate, Choice, choose
+from gateway.balancing.choice import Affinity, AffinityMode, Candidate, Choice, choose, in_panic
 from gateway.balancing.hashing import pick, rank
 from gateway.balancing.health import (
     ActiveState,
@@ -13,6 +13,7 @@ from gateway.balancing.health import (
     Outcome,
     OutlierPolicy,
     Probe,
+    UPSTREAM_FAILURES,
     UpstreamHealth,
     may_eject,
 )
@@ -29,8 +30,10 @@ __all__ = [
     "OutlierPolicy",
     "Probe",
     "RetryBudget",
+    "UPSTREAM_FAILURES",
     "UpstreamHealth",
     "choose",
+    "in_panic",
     "may_eject",
     "pick",
     "rank",

@@ -7,8 +7,10 @@
   et al.'s consistent hashing with bounded loads), ``strict`` (never move a session: only its
   first choice, or nothing), ``off`` (ignore the session: as sessionless work).
 * Without one (listings, config): weighted power-of-two-choices on in-flight count.
-* Panic: when no candidate is usable, return nothing (the caller answers 503) or, with
-  ``panic=True``, every candidate in order, as Envoy's panic mode routes to all hosts.
+* Panic (Envoy's): when fewer than ``panic_threshold_percent`` of the candidates (draining ones
+  aside) are usable, health is ignored and every candidate that is not draining takes work, in
+  the same order, so ejection alone never darkens a pool. 0 turns it off; then nothing usable
+  gives an empty order (the caller answers 503).
 
 The result says whether the session stayed where its hash puts it (``hit``), had to move
 (``moved``), or is new (``new``: the gateway made its id).
@@ -46,6 +48,7 @@ class Candidate:
     weight: float
     usable: bool
     in_flight: int = 0
+    draining: bool = False  # taken out by an operator: never chosen, not even in panic
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,14 @@ class Choice:
 
 
 DEFAULT_LOAD_FACTOR = 1.25
+DEFAULT_PANIC_THRESHOLD_PERCENT = 50.0  # Envoy's healthy_panic_threshold
+
+
+def in_panic(candidates: Sequence[Candidate], threshold_percent: float) -> bool:
+    """Fewer than ``threshold_percent`` of the candidates that are not draining are usable."""
+    serving = [c for c in candidates if not c.draining]
+    usable = sum(1 for c in serving if c.usable)
+    return bool(serving) and usable * 100.0 < threshold_percent * len(serving)
 
 
 def choose(
@@ -65,26 +76,27 @@ def choose(
     mode: AffinityMode = AffinityMode.HASH,
     session_is_new: bool = False,
     load_factor: float = DEFAULT_LOAD_FACTOR,
-    panic: bool = False,
+    panic_threshold_percent: float = DEFAULT_PANIC_THRESHOLD_PERCENT,
     rng: Optional[random.Random] = None,
 ) -> Choice:
+    panic = in_panic(candidates, panic_threshold_percent)
     if session_id is None or mode is AffinityMode.OFF:
         return _sessionless(candidates, panic=panic, rng=rng or random.Random())
 
     by_name = {candidate.name: candidate for candidate in candidates}
     ranked = rank(session_id, ((c.name, c.weight) for c in candidates))
     preferred = ranked[0] if ranked else None
-    usable = [name for name in ranked if by_name[name].usable]
+    usable = [name for name in ranked if _takes_work(by_name[name], panic)]
     if mode is AffinityMode.STRICT:
         usable = usable[:1] if usable and usable[0] == preferred else []
     elif mode is AffinityMode.BOUNDED:
         usable = _within_bound(usable, by_name, load_factor)
+    first = usable[0] if usable else None
+    return Choice(order=usable, affinity=_affinity(first, preferred, session_is_new), panic=panic)
 
-    if not usable and panic and ranked:
-        return Choice(order=ranked, affinity=_affinity(ranked[0], preferred, session_is_new), panic=True)
-    if not usable:
-        return Choice(order=[], affinity=_affinity(None, preferred, session_is_new))
-    return Choice(order=usable, affinity=_affinity(usable[0], preferred, session_is_new))
+
+def _takes_work(candidate: Candidate, panic: bool) -> bool:
+    return candidate.usable or (panic and not candidate.draining)
 
 
 def _affinity(first: Optional[str], preferred: Optional[str], session_is_new: bool) -> Affinity:
@@ -109,15 +121,12 @@ def _within_bound(order: List[str], by_name: dict, load_factor: float) -> List[s
 
 
 def _sessionless(candidates: Sequence[Candidate], *, panic: bool, rng: random.Random) -> Choice:
-    pool = [c for c in candidates if c.usable and c.weight > 0]
-    is_panic = False
-    if not pool and panic:
-        pool, is_panic = [c for c in candidates if c.weight > 0], True
+    pool = [c for c in candidates if _takes_work(c, panic) and c.weight > 0]
     if not pool:
-        return Choice(order=[], affinity=Affinity.NEW)
+        return Choice(order=[], affinity=Affinity.NEW, panic=panic)
     first = _power_of_two(pool, rng)
     rest = sorted((c for c in pool if c.name != first.name), key=lambda c: (c.in_flight / c.weight, c.name))
-    return Choice(order=[first.name] + [c.name for c in rest], affinity=Affinity.NEW, panic=is_panic)
+    return Choice(order=[first.name] + [c.name for c in rest], affinity=Affinity.NEW, panic=panic)
 
 
 def _power_of_two(pool: List[Candidate], rng: random.Random) -> Candidate:

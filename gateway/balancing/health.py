@@ -3,17 +3,25 @@
 Rules (Envoy's, named the same way):
 
 * Active health: an upstream starts PENDING and takes no traffic until its first probe. The first
-  answer decides at once (up or down); after that ``unhealthy_threshold`` consecutive failed
-  probes mark a HEALTHY upstream UNHEALTHY and ``healthy_threshold`` consecutive good ones mark an
-  UNHEALTHY upstream HEALTHY. Transitions are the table ``_ACTIVE_TRANSITIONS``. An upstream that
-  comes back up this way is also un-ejected (it restarted). Unlike Envoy's default, a good probe of
-  an upstream that never went down does not un-eject it: ``/health`` says nothing about runs.
-* Passive health (outlier ejection): ``consecutive_failures`` connect errors, timeouts or 5xx
-  answers from real traffic eject the upstream for ``base_ejection_s * 2**(n-1)`` (n = how many
-  times it was ejected, capped at ``max_ejection_s``), unless that would eject more than
-  ``max_ejection_percent`` of the pool (checked over the pool: ``Pool.record``). A run that
-  failed in-band is the model's failure, not the upstream's: it is never reported here. Once an
-  upstream has been back for ``max_ejection_s``, its backoff starts over.
+  answer decides at once (up or down: one good probe is enough at start, as in Envoy); after that
+  ``unhealthy_threshold`` consecutive failed probes mark a HEALTHY upstream UNHEALTHY and
+  ``healthy_threshold`` consecutive good ones mark an UNHEALTHY upstream HEALTHY. Transitions
+  are the table ``_ACTIVE_TRANSITIONS``. An upstream that comes back up this way is also
+  un-ejected. Unlike Envoy's default, a good probe of an upstream that never went down does not
+  un-eject it: ``/health`` says nothing about runs.
+* Restart: a new process (its ``/health`` ``instantiated_at`` changed) starts clean, whether or
+  not the probes saw it down: ``on_restart`` forgets its ejection, backoff and failure counts and
+  makes it PENDING, so the good probe that showed the restart marks it up at once.
+* Passive health (outlier ejection), with Envoy's split of local-origin errors:
+  ``consecutive_failures`` outcomes in a row that say the upstream itself is broken (connect
+  errors, timeouts, resets, malformed answers, a stream cut short, and its 502/503/504) eject it
+  for ``base_ejection_s * 2**(n-1)`` (n = how many times it was ejected, capped at
+  ``max_ejection_s``), unless that would eject more than ``max_ejection_percent`` of the pool
+  (checked over the pool: ``Pool.record``). A plain 500 is AgentOS's answer to an exception,
+  often the client's own bad input: it counts only with ``count_5xx``, and otherwise shows the
+  upstream answering (like a success, it ends a streak). A run that failed in-band is the
+  model's failure, not the upstream's: it is never reported here. Once an upstream has been back
+  for ``max_ejection_s``, its backoff starts over.
 * Drain (admin): a draining upstream takes no new work; what it is doing finishes.
 
 No clocks, sockets or tasks: time is passed in (seconds, any monotonic origin).
@@ -40,14 +48,25 @@ class Probe(enum.Enum):
 class Outcome(enum.Enum):
     """How one forwarded request ended, as far as the upstream's health is concerned."""
 
-    SUCCESS = "success"  # any answer that is not a 5xx, in-band run errors included
-    CONNECT_ERROR = "connect_error"
-    TIMEOUT = "timeout"
-    SERVER_ERROR = "server_error"  # a 5xx answer
+    SUCCESS = "success"  # any answer below 500, in-band run errors included
+    CONNECT_ERROR = "connect_error"  # refused, unreachable
+    TIMEOUT = "timeout"  # connect, answer or stream silence
+    RESET = "reset"  # the connection was lost before or while answering (a stream cut short)
+    PROTOCOL_ERROR = "protocol_error"  # an answer that is not HTTP
+    GATEWAY_ERROR = "gateway_error"  # it answered 502, 503 or 504
+    SERVER_ERROR = "server_error"  # it answered another 5xx: AgentOS's answer to an exception
 
-    @property
-    def is_failure(self) -> bool:
-        return self is not Outcome.SUCCESS
+    @classmethod
+    def of_status(cls, status_code: int) -> "Outcome":
+        if status_code in (502, 503, 504):
+            return cls.GATEWAY_ERROR
+        return cls.SERVER_ERROR if status_code >= 500 else cls.SUCCESS
+
+
+# What says the upstream itself is broken, whatever the request was.
+UPSTREAM_FAILURES = frozenset(
+    {Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.RESET, Outcome.PROTOCOL_ERROR, Outcome.GATEWAY_ERROR}
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,7 @@ class OutlierPolicy:
     base_ejection_s: float = 30.0
     max_ejection_s: float = 300.0
     max_ejection_percent: float = 50.0
+    count_5xx: bool = False  # a plain 500 counts towards ejection too
 
 
 # (state, probe) -> (state when the streak reaches its threshold, which streak counts)
@@ -104,6 +124,13 @@ class UpstreamHealth:
                     self.ejected_until = 0.0  # it was down and came back: a fresh start
         return self.active
 
+    def on_restart(self) -> None:
+        """A new process: nothing the old one did counts. PENDING, so its first good probe (the
+        one that showed the restart) marks it up; a drain set by an operator stays."""
+        self.active, self.streak = ActiveState.PENDING, 0
+        self.consecutive_failures = self.ejections = 0
+        self.ejected_until = 0.0
+
     # -- passive ---------------------------------------------------------------------------------
 
     def is_ejected(self, now: float) -> bool:
@@ -112,8 +139,8 @@ class UpstreamHealth:
     def record(self, outcome: Outcome, now: float) -> bool:
         """Count one request's outcome; True when this upstream now wants ejecting (the pool
         decides, because of ``max_ejection_percent``)."""
-        if not outcome.is_failure:
-            self.consecutive_failures = 0
+        if outcome not in UPSTREAM_FAILURES and not (outcome is Outcome.SERVER_ERROR and self.outlier_policy.count_5xx):
+            self.consecutive_failures = 0  # it answered: whatever the answer, the upstream works
             return False
         self.consecutive_failures += 1
         return self.consecutive_failures >= self.outlier_policy.consecutive_failures and not self.is_ejected(now)

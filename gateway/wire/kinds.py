@@ -1,7 +1,7 @@
 """The three kinds of runnable entity and everything the wire needs to know about each.
 
 One table, so that the route segment, agno's parsers, the error event of a failed run and the
-404 text of an unknown id cannot disagree between the runner, the API and the proxy.
+404 text of an unknown id cannot disagree between the runner, the API and the forwarding path.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.balancing import Affinity, AffinityMode, Candidate, choose, rank
+from gateway.balancing import Affinity, AffinityMode, Candidate, choose, in_panic, rank
 
 UPSTREAMS = ["a", "b", "c"]
 
@@ -60,13 +60,33 @@ def test_bounded_mode_skips_an_overloaded_first_choice() -> None:
     assert choose(balanced, session, mode=AffinityMode.BOUNDED).order[0] == "a"
 
 
-def test_no_usable_upstream_gives_an_empty_order_or_panic() -> None:
+def test_no_usable_upstream_gives_an_empty_order_without_panic() -> None:
     everything_down = _candidates(unusable=set(UPSTREAMS))
-    assert choose(everything_down, "s").order == []
-    panic = choose(everything_down, "s", panic=True)
-    assert panic.panic and sorted(panic.order) == UPSTREAMS
-    assert choose(everything_down, None).order == []
-    assert choose(everything_down, None, panic=True).panic
+    assert choose(everything_down, "s", panic_threshold_percent=0).order == []
+    assert choose(everything_down, None, panic_threshold_percent=0).order == []
+
+
+def test_panic_under_the_threshold_spreads_over_every_upstream_in_the_same_order() -> None:
+    two_down = _candidates(unusable={"a", "b"})  # 1 of 3 usable: 33 % < 50 %
+    panic = choose(two_down, "s")
+    assert panic.panic and panic.order == rank("s", [(name, 1.0) for name in UPSTREAMS])
+    assert choose(two_down, None).panic and sorted(choose(two_down, None).order) == UPSTREAMS
+    one_down = _candidates(unusable={"a"})  # 2 of 3 usable: no panic, "a" is skipped
+    assert not choose(one_down, "s").panic and "a" not in choose(one_down, "s").order
+    assert not choose(two_down, "s", panic_threshold_percent=30).panic
+    assert choose(one_down, "s", panic_threshold_percent=70).panic
+
+
+def test_a_single_ejected_upstream_still_serves_in_panic() -> None:
+    alone = [Candidate("only", 1.0, usable=False)]
+    choice = choose(alone, "s")
+    assert choice.panic and choice.order == ["only"]
+
+
+def test_draining_upstreams_are_never_chosen_even_in_panic() -> None:
+    drained = [Candidate("a", 1.0, usable=False, draining=True), Candidate("b", 1.0, usable=False)]
+    assert choose(drained, "s").order == ["b"] and choose(drained, None).order == ["b"]
+    assert in_panic([Candidate("a", 1.0, usable=False, draining=True)], 50) is False
 
 
 @settings(max_examples=200, deadline=None)
@@ -78,7 +98,8 @@ def test_no_usable_upstream_gives_an_empty_order_or_panic() -> None:
     seed=st.integers(0, 2**32),
 )
 def test_an_unusable_upstream_is_never_picked_while_another_exists(session, unusable, mode, in_flight, seed) -> None:
-    choice = choose(_candidates(unusable, in_flight), session, mode=mode, rng=random.Random(seed))
+    candidates = _candidates(unusable, in_flight)
+    choice = choose(candidates, session, mode=mode, panic_threshold_percent=0, rng=random.Random(seed))
     assert not set(choice.order) & unusable
     if mode is not AffinityMode.STRICT or session is None:
         assert choice.order, "a usable upstream exists, so something must be chosen"

@@ -34,7 +34,56 @@ def test_consecutive_failures_want_ejection_and_a_success_resets() -> None:
     up = UpstreamHealth(outlier_policy=OutlierPolicy(consecutive_failures=3))
     assert [up.record(Outcome.CONNECT_ERROR, 0) for _ in range(2)] == [False, False]
     assert up.record(Outcome.SUCCESS, 0) is False
-    assert [up.record(o, 0) for o in (Outcome.TIMEOUT, Outcome.SERVER_ERROR, Outcome.TIMEOUT)] == [False, False, True]
+    assert [up.record(o, 0) for o in (Outcome.TIMEOUT, Outcome.GATEWAY_ERROR, Outcome.RESET)] == [False, False, True]
+
+
+@pytest.mark.parametrize(
+    "outcome", [Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.RESET, Outcome.PROTOCOL_ERROR, Outcome.GATEWAY_ERROR]
+)
+def test_what_says_the_upstream_is_broken_ejects(outcome: Outcome) -> None:
+    up = UpstreamHealth(outlier_policy=OutlierPolicy(consecutive_failures=2))
+    assert [up.record(outcome, 0) for _ in range(2)] == [False, True]
+
+
+def test_a_plain_500_ejects_only_when_configured_and_otherwise_ends_a_streak() -> None:
+    up = UpstreamHealth(outlier_policy=OutlierPolicy(consecutive_failures=2))
+    assert not any(up.record(Outcome.SERVER_ERROR, 0) for _ in range(20))
+    up.record(Outcome.TIMEOUT, 0)
+    up.record(Outcome.SERVER_ERROR, 0)  # it answered: the timeout streak is over
+    assert up.record(Outcome.TIMEOUT, 0) is False
+    counting = UpstreamHealth(outlier_policy=OutlierPolicy(consecutive_failures=2, count_5xx=True))
+    assert [counting.record(Outcome.SERVER_ERROR, 0) for _ in range(2)] == [False, True]
+
+
+@pytest.mark.parametrize("status, outcome", [(200, Outcome.SUCCESS), (404, Outcome.SUCCESS), (500, Outcome.SERVER_ERROR),
+                                             (501, Outcome.SERVER_ERROR), (502, Outcome.GATEWAY_ERROR),
+                                             (503, Outcome.GATEWAY_ERROR), (504, Outcome.GATEWAY_ERROR)])  # fmt: skip
+def test_outcome_of_a_status(status: int, outcome: Outcome) -> None:
+    assert Outcome.of_status(status) is outcome
+
+
+@pytest.mark.parametrize("seen_down", [False, True])
+def test_a_restart_starts_clean_and_its_first_good_probe_marks_it_up(seen_down: bool) -> None:
+    health = UpstreamHealth(health_policy=HealthPolicy(healthy_threshold=3, unhealthy_threshold=1))
+    health.on_probe(Probe.OK)
+    health.record(Outcome.CONNECT_ERROR, 0)
+    for _ in range(3):
+        health.eject(now=0.0)  # backoff grown
+    if seen_down:
+        health.on_probe(Probe.FAILED)
+    health.on_restart()
+    assert health.on_probe(Probe.OK) is ActiveState.HEALTHY
+    assert health.is_usable(1.0) and health.ejections == 0 and health.consecutive_failures == 0
+    assert health.eject(now=1.0) == 1.0 + OutlierPolicy().base_ejection_s  # the backoff starts over
+
+
+def test_a_restart_keeps_an_operators_drain() -> None:
+    health = UpstreamHealth()
+    health.on_probe(Probe.OK)
+    health.draining = True
+    health.on_restart()
+    health.on_probe(Probe.OK)
+    assert not health.is_usable(0)
 
 
 def test_ejection_backs_off_exponentially_up_to_the_cap() -> None:
