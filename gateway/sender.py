@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 import aiohttp
+from yarl import URL
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from gateway import metrics
@@ -33,7 +34,7 @@ class Outgoing:
     """What to send: ``path`` (with its query) is appended to the upstream's base url."""
 
     method: str
-    path: str
+    path: str  # percent-encoded (``api/forwarding.py``'s ``segment``, ``upstream_path``): sent as it is
     headers: Dict[str, str] = field(default_factory=dict)
     body: Optional[bytes] = None
     expects_stream: bool = False  # the first-byte timeout applies; else the whole-run timeout
@@ -104,7 +105,7 @@ class Sender:
             async with asyncio.timeout(wait_s):
                 response = await upstream.client().request(
                     outgoing.method,
-                    upstream.base_url + outgoing.path,
+                    URL(upstream.base_url + outgoing.path, encoded=True),  # never normalized
                     data=outgoing.body,
                     headers=headers,
                     allow_redirects=False,

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 
 class FaultyUpstream:
     """A TCP server that looks like an AgentOS to probes (``/health``, ``/config``) and answers runs
     wrongly: garbage bytes for a message containing ``garbage``, an SSE stream cut after one frame
-    for ``cut``, a JSON answer cut mid-body for ``short``."""
+    for ``cut``, a JSON answer cut mid-body for ``short``, no answer at all for ``hold``. Cancels
+    are answered ``{}``; every path but the probes' is recorded."""
 
     CONFIG = json.dumps({"os_id": "faulty", "agents": [{"id": "echo-agent"}], "teams": [], "workflows": []}).encode()
 
@@ -20,6 +21,8 @@ class FaultyUpstream:
         self.flood_sent = 0  # bytes a ``flood`` answer has handed to its socket
         self.flood_blocked = asyncio.Event()  # the reader stopped taking them
         self.seen_headers: Dict[str, str] = {}
+        self.paths: List[str] = []  # the raw path of every request but probes, in order
+        self.requested = asyncio.Event()  # set on each such request
 
     @property
     def url(self) -> str:
@@ -44,7 +47,12 @@ class FaultyUpstream:
                         length = int(line.split(b":", 1)[1])
                 body = await reader.readexactly(length)
                 path = head.split(b" ", 2)[1]
-                if path.startswith(b"/health"):
+                if not path.startswith((b"/health", b"/config")):
+                    self.paths.append(path.decode("latin-1"))
+                    self.requested.set()
+                if path.endswith(b"/cancel"):
+                    self._json(writer, b"{}")
+                elif path.startswith(b"/health"):
                     self._json(writer, b'{"status":"ok","instantiated_at":"2026-01-01T00:00:00Z"}')
                 elif path.startswith(b"/config"):
                     self._json(writer, self.CONFIG)
@@ -57,6 +65,9 @@ class FaultyUpstream:
                     self._json(writer, b'{"run_id":"r","status":"COMPLETED","content":"fine"}')
                 elif b"flood" in body:
                     await self._flood(writer)
+                    break
+                elif b"hold" in body:  # no answer until the gateway closes the connection
+                    await reader.read()
                     break
                 elif b"busy" in body:
                     self._json(writer, b'{"detail":"busy"}', status=b"503 Service Unavailable")

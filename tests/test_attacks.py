@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from typing import List
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -137,3 +138,50 @@ async def test_clients_that_hold_streams_do_not_slow_the_others(pool_gateway) ->
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.fixture
+async def recording(log_dir):
+    """A gateway in front of an upstream that records the path of every request it gets."""
+    from tests.fake_upstream import FaultyUpstream
+    from tests.pools import FAST_HEALTH, start_gateway
+
+    upstream = FaultyUpstream()
+    await upstream.start()
+    config = {"upstreams": [{"name": "recording", "url": upstream.url}], "health": FAST_HEALTH}
+    gateway = await asyncio.to_thread(start_gateway, "recording-gateway", config, log_dir)
+    yield gateway, upstream
+    gateway.stop()
+    await upstream.close()
+
+
+async def _next_path(upstream, before: int) -> str:
+    async with asyncio.timeout(10):
+        while len(upstream.paths) <= before:
+            upstream.requested.clear()
+            await upstream.requested.wait()
+    return upstream.paths[before]
+
+
+@pytest.mark.parametrize(
+    "run_id, sent_as",
+    [("../../config", "..%2F..%2Fconfig"), ("..", "%2E%2E"), ("x?debug=1#y", "x%3Fdebug%3D1%23y"), ("a b", "a%20b")],
+)
+async def test_a_run_id_from_a_body_reaches_the_cancel_url_as_one_encoded_segment(recording, run_id: str, sent_as: str) -> None:
+    gateway, upstream = recording
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        before = len(upstream.paths)
+        form = {"message": "hold", "stream": "false", "session_id": "s", "run_id": run_id}
+        run = asyncio.create_task(client.post("/agents/echo-agent/runs", data=form))
+        assert await _next_path(upstream, before) == "/agents/echo-agent/runs"
+        run.cancel()  # the client leaves: the gateway cancels the run on its upstream
+        assert await _next_path(upstream, before + 1) == f"/agents/echo-agent/runs/{sent_as}/cancel"
+
+        # the cancel route's own run id, sent encoded by the client: one segment, or no route
+        before = len(upstream.paths)
+        answer = await client.post(f"/agents/echo-agent/runs/{quote(run_id, safe='')}/cancel")
+        if "/" in run_id or run_id == "..":  # the path has other segments once decoded: no route
+            assert answer.status_code == 404 and upstream.paths[before:] == [], answer.text
+        else:
+            assert answer.status_code == 200, answer.text
+            assert upstream.paths[before:] == [f"/agents/echo-agent/runs/{sent_as}/cancel"]

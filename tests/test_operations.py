@@ -360,3 +360,16 @@ async def test_forward_authorization_sends_the_clients_token_upstream(log_dir) -
     finally:
         gateway.stop()
         await upstream.close()
+
+
+async def test_the_upstream_may_compress_only_what_the_client_accepts(echoing) -> None:
+    gateway, upstream = echoing
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        for sent, seen in (("gzip", "gzip"), ("br;q=1.0, identity;q=0.5", "br;q=1.0, identity;q=0.5"), (None, "identity")):
+            headers = {"accept-encoding": sent} if sent is not None else {}
+            request = client.build_request("POST", "/v1/agents/echo-agent/run", json={"input": "fine"}, headers=headers)
+            if sent is None:
+                del request.headers["accept-encoding"]  # httpx offers gzip by itself
+            answer = await client.send(request)
+            assert answer.status_code == 200, answer.text
+            assert upstream.seen_headers["accept-encoding"] == seen, (sent, upstream.seen_headers)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
-from gateway.api.forwarding import Forwarder
+from gateway.api.forwarding import Forwarder, upstream_path
 from gateway.api.runs import resolve
 from gateway.local import LocalEntity, LocalRegistry
 from gateway.pool import Upstream
@@ -166,7 +166,7 @@ def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams) ->
             return JSONResponse(await local_detail(target))
         assert forwarder is not None
         choice = forwarder.choose(target.upstreams, None)
-        return await forwarder.forward(request, choice, Outgoing("GET", request.url.path), with_affinity=False)
+        return await forwarder.forward(request, choice, Outgoing("GET", upstream_path(request)), with_affinity=False)
 
     noun = kind.name.lower()
     router.add_api_route(f"/{kind.path}", listing, methods=["GET"], summary=f"Every {noun}", name=f"list_{kind.path}")

@@ -12,12 +12,13 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple
-from urllib.parse import quote, urlencode
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlencode
 
 import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
+from yarl import URL
 
 from gateway import metrics
 from gateway.api.errors import error_response
@@ -54,10 +55,25 @@ _NOT_FORWARDED_RESPONSE_HEADERS = frozenset(
 )  # fmt: skip
 
 
-def segment(value: str) -> str:
+def segment(value: Union[str, bytes]) -> str:
     """One path segment of an upstream URL: percent-encoded whole, so a client's text can never
-    add a segment, a dot segment or a query."""
-    return quote(value, safe="")
+    add a segment, a query or a dot segment (dots alone are encoded too: the URL is sent as it is
+    built, never normalized)."""
+    encoded = quote(value, safe="")
+    return encoded.replace(".", "%2E") if encoded in (".", "..") else encoded
+
+
+def query(raw: str) -> str:
+    """A client's query string, parsed and encoded again: ``?`` and what follows, or nothing."""
+    pairs = parse_qsl(raw, keep_blank_values=True)
+    return "?" + urlencode(pairs) if pairs else ""
+
+
+def upstream_path(request: Request) -> str:
+    """The request's own path and query for an upstream: each segment of the client's path
+    decoded and encoded again, so none can become a dot segment, a query or two segments."""
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    return "/".join(segment(unquote_to_bytes(part)) for part in raw.split(b"/")) + query(request.url.query)
 
 
 @dataclass(frozen=True)
@@ -232,28 +248,31 @@ class Forwarder:
         upstream = flight.upstream
         flight.finish()
         if run is not None and upstream is not None:
-            self.in_background(self.cancel_on(upstream, run.kind, run.entity_id, run.run_id, query=""))
+            self.in_background(self.cancel_on(upstream, run.kind, run.entity_id, run.run_id, raw_query=""))
 
     # -- cancel ------------------------------------------------------------------------------------
 
-    async def cancel_on(self, upstream: Upstream, kind: EntityKind, entity_id: str, run_id: str, query: str) -> int:
+    async def cancel_on(self, upstream: Upstream, kind: EntityKind, entity_id: str, run_id: str, raw_query: str) -> int:
         """AgentOS's cancel on one upstream; its status code, or 0 when it could not be reached."""
-        path = f"/{kind.path}/{segment(entity_id)}/runs/{segment(run_id)}/cancel" + (f"?{query}" if query else "")
+        path = f"/{kind.path}/{segment(entity_id)}/runs/{segment(run_id)}/cancel" + query(raw_query)
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT_S):
-                async with upstream.client().post(upstream.base_url + path, headers=upstream.auth_headers) as answer:
+                url = URL(upstream.base_url + path, encoded=True)
+                async with upstream.client().post(url, headers=upstream.auth_headers) as answer:
                     await answer.read()
                     return answer.status
         except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:  # reported, never raised (RuntimeError: a removed upstream)
             logger.warning("cancel of run %s on upstream %s failed: %s", run_id, upstream.name, error)
             return 0
 
-    async def cancel(self, upstreams: Sequence[Upstream], kind: EntityKind, entity_id: str, run_id: str, query: str) -> int:
+    async def cancel(
+        self, upstreams: Sequence[Upstream], kind: EntityKind, entity_id: str, run_id: str, raw_query: str
+    ) -> int:
         """Cancel on the upstream that runs ``run_id``, or on every upstream serving the id when
         that is not known (the run started elsewhere or long ago). 200 when any upstream took it."""
         owner = self.run_owners.owner(run_id)
         targets = [u for u in upstreams if u.name == owner] or list(upstreams)
-        statuses = await asyncio.gather(*(self.cancel_on(u, kind, entity_id, run_id, query) for u in targets))
+        statuses = await asyncio.gather(*(self.cancel_on(u, kind, entity_id, run_id, raw_query) for u in targets))
         if any(200 <= status < 300 for status in statuses):
             return 200
         return max(statuses) or 502

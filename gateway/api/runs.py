@@ -18,7 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
-from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, segment, with_form_fields
+from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, segment, upstream_path, with_form_fields
 from gateway.api.limits import Limiter
 from gateway.api.local_runs import cancel_locally, run_locally, run_params
 from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
@@ -225,8 +225,7 @@ def _add_kind_routes(
         fwd = _forwarder(forwarder)
         session_id = request.query_params.get("session_id")
         choice = _choice_for_run(fwd, target, run_id, session_id)
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return await fwd.forward(request, choice, Outgoing("GET", path), with_affinity=False)
+        return await fwd.forward(request, choice, Outgoing("GET", upstream_path(request)), with_affinity=False)
 
     prefix = f"/{kind.path}/{{entity_id}}/runs"
     for path, endpoint, methods, summary, tags in (

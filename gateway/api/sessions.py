@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.api.forwarding import Forwarder, new_session
+from gateway.api.forwarding import Forwarder, new_session, upstream_path
 from gateway.api.runs import resolve
 from gateway.balancing import Affinity, Choice
 from gateway.pool import Upstream
@@ -26,12 +26,8 @@ from gateway.wire.kinds import EntityKind
 SESSION_METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
 
 
-def _path(request: Request) -> str:
-    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
-
-
 async def _outgoing(request: Request) -> Outgoing:
-    return Outgoing(request.method, _path(request), body=await request.body() or None)
+    return Outgoing(request.method, upstream_path(request), body=await request.body() or None)
 
 
 def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> APIRouter:
