@@ -12,19 +12,14 @@ from typing import Any, Awaitable, TypeVar
 from starlette.requests import Request
 from starlette.types import Receive
 
+from gateway.errors import ClientGone
+
 T = TypeVar("T")
-
-# nginx's code for "client closed request": logged, never seen by the (gone) client.
-CLIENT_CLOSED_REQUEST = 499
-
-
-class ClientDisconnected(Exception):
-    pass
 
 
 class CancelOnDisconnect:
     """Within it, the current task is cancelled when the client disconnects, and the block ends
-    with ``ClientDisconnected``. One watcher task; the work itself runs in the caller's task."""
+    with ``ClientGone``. One watcher task; the work itself runs in the caller's task."""
 
     def __init__(self, receive: Receive) -> None:
         self.receive = receive
@@ -49,12 +44,12 @@ class CancelOnDisconnect:
         if self.gone:
             self.task.uncancel()  # the cancel was ours (even if the work ended just before it)
             if exc_type is None or issubclass(exc_type, asyncio.CancelledError):
-                raise ClientDisconnected()
+                raise ClientGone()
         return False
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """The result of ``work``; if the client disconnects first, ``work`` is cancelled and
-    ``ClientDisconnected`` raised."""
+    ``ClientGone`` raised."""
     with CancelOnDisconnect(request.receive):
         return await work

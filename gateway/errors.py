@@ -5,6 +5,10 @@ place that turns them into answers (JSON ``{"detail": ...}``, as AgentOS answers
     ├── ClientError               the client's request is refused (4xx); no upstream saw it
     │   ├── BadRequest            400: malformed input (an id too long, a bad path, a bad field)
     │   │   └── IncompleteBody    400: the body ended before its declared end (never forwarded)
+    │   ├── Unauthorized          401: no key, or an unknown one
+    │   ├── Forbidden             403: a key without the right
+    │   ├── NotFound              404: no such id or route (AgentOS's texts)
+    │   ├── Unprocessable         422: a field is wrong (``detail`` may be FastAPI's list)
     │   ├── RequestTimeout        408: the client was too slow to send its head or body; the
     │   │                         connection is closed (nginx's client_header/body_timeout)
     │   └── BodyTooLarge          413: more than ``max_body_bytes``
@@ -22,7 +26,7 @@ place that turns them into answers (JSON ``{"detail": ...}``, as AgentOS answers
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 from gateway.balancing import Outcome
 from gateway.retry import RequestState
@@ -39,7 +43,7 @@ class GatewayError(Exception):
     status_code: int = 500
     close_connection: bool = False  # the connection cannot be trusted for another request
 
-    def __init__(self, detail: str, *, headers: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(self, detail: Any, *, headers: Optional[Mapping[str, str]] = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers: Dict[str, str] = dict(headers or {})
@@ -57,6 +61,25 @@ class IncompleteBody(BadRequest):
     """The request body ended (client gone, or a framing error) before it was whole."""
 
     close_connection = True
+
+
+class Unauthorized(ClientError):
+    status_code = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ClientError):
+    status_code = 403
+
+
+class NotFound(ClientError):
+    status_code = 404
+
+
+class Unprocessable(ClientError):
+    status_code = 422
 
 
 class RequestTimeout(ClientError):

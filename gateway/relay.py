@@ -20,7 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
 from gateway.balancing import Outcome
-from gateway.disconnect import CancelOnDisconnect, ClientDisconnected
+from gateway.disconnect import CancelOnDisconnect
+from gateway.errors import ClientGone
 from gateway.sender import Opened
 from gateway.settings import Settings
 from gateway.wire.sse import EndOfRunDetector
@@ -71,7 +72,7 @@ class StreamRelay(Response):
             with CancelOnDisconnect(receive):  # the relay runs in this task; one watcher stops it
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 outcome = await self._relay(send)
-        except ClientDisconnected:
+        except ClientGone:
             pass  # a stream that had ended keeps its outcome
         finally:
             # Closing (not releasing) drops the connection: if the run is still going, AgentOS

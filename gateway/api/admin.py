@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import aiohttp
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 
+from gateway.errors import BadRequest, ConfigError, Forbidden, NotFound, Unauthorized
 from gateway.pool import Pool, Upstream
-from gateway.settings import ConfigError, Settings
+from gateway.settings import Settings
 from gateway.wire.kinds import EntityKind
 
 if TYPE_CHECKING:
@@ -27,10 +28,10 @@ def _admin_guard(settings: Settings):  # type: ignore[no-untyped-def]
 
     async def guard(request: Request) -> None:
         if expected is None:
-            raise HTTPException(status_code=403, detail="The admin API is off: set admin_key to use it")
+            raise Forbidden("The admin API is off: set admin_key to use it")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
-            raise HTTPException(status_code=401, detail="Invalid admin key", headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized("Invalid admin key")
 
     return guard
 
@@ -92,7 +93,7 @@ def admin_router(settings: Settings, services: "Services") -> APIRouter:
     def named(name: str) -> Upstream:
         upstream = pool.upstreams.get(name) if pool is not None else None
         if upstream is None:
-            raise HTTPException(status_code=404, detail=f"No upstream named {name!r}")
+            raise NotFound(f"No upstream named {name!r}")
         return upstream
 
     @router.get("/upstreams", summary="Every upstream: health, ejection, load, what it serves")
@@ -132,9 +133,7 @@ def admin_router(settings: Settings, services: "Services") -> APIRouter:
         try:
             names = await services.reload()
         except ConfigError as error:
-            raise HTTPException(
-                status_code=400, detail=f"Reload refused, the running configuration stays: {error}"
-            ) from None
+            raise BadRequest(f"Reload refused, the running configuration stays: {error}") from None
         return {"reloaded": True, "upstreams": names}
 
     return router

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from typing import Callable, Dict, FrozenSet, Optional, Sequence, Tuple
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api.errors import error_response
+from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthorized
 from gateway.settings import ApiKey
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
@@ -102,30 +103,29 @@ class AuthMiddleware:
             return
         refusal = self._check(scope, path)
         if refusal is not None:
-            status, detail, headers = refusal
-            await _answer(send, status, detail, headers)
+            await error_response(refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def _check(self, scope: Scope, path: str) -> Optional[Tuple[int, str, Sequence[Tuple[bytes, bytes]]]]:
+    def _check(self, scope: Scope, path: str) -> Optional[GatewayError]:
         token = _token(scope)
         if token is None:
-            return 401, "Authorization header required", [(b"www-authenticate", b"Bearer")]
+            return Unauthorized("Authorization header required")
         digest = hashlib.sha256(token).digest()
         key = self.keyring.keys.get(digest)
         if key is None or not hmac.compare_digest(key.digest, digest):
-            return 401, "Invalid authentication token", [(b"www-authenticate", b"Bearer")]
+            return Unauthorized("Invalid authentication token")
         scope.setdefault("state", {})["api_key"] = key.name
         if key.entities is not None:
             entity = entity_of(path)
             if entity is None and (path.startswith("/sessions") or path == "/sessions"):
-                return 403, f"Key {key.name!r} may not use the session routes", []
+                return Forbidden(f"Key {key.name!r} may not use the session routes")
             if entity is not None and entity[1] not in key.entities:
-                return 403, f"Key {key.name!r} may not use {entity[0]} {entity[1]!r}", []
+                return Forbidden(f"Key {key.name!r} may not use {entity[0]} {entity[1]!r}")
         if key.bucket is not None:
             wait_s = key.bucket.take()
             if wait_s:
-                return 429, "Too many requests", [(b"retry-after", str(max(1, math.ceil(wait_s))).encode())]
+                return RateLimited("Too many requests", retry_after_s=wait_s)
         return None
 
 
@@ -137,14 +137,3 @@ def _token(scope: Scope) -> Optional[bytes]:
             return token or None
     return None
 
-
-async def _answer(send: Send, status: int, detail: str, headers: Sequence[Tuple[bytes, bytes]]) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

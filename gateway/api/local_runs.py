@@ -15,12 +15,14 @@ from typing import Any, AsyncIterator, Dict, Optional
 from uuid import uuid4
 
 from agno.exceptions import InputCheckError
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway import metrics
-from gateway.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, until_disconnected
+from gateway.api.errors import error_response
+from gateway.errors import BadRequest, ClientGone, Unprocessable
+from gateway.disconnect import until_disconnected
 from gateway.api.schemas import RunRequest
 from gateway.local import LocalEntity
 from gateway.runner import AgentOSRunner
@@ -42,7 +44,7 @@ def run_params(body: RunRequest) -> Dict[str, Any]:
             try:
                 params[field] = media_from_dicts(field, params[field])
             except ValueError as error:
-                raise HTTPException(status_code=422, detail=str(error)) from None
+                raise Unprocessable(str(error)) from None
     # An empty session id means "new session", as AgentOS reads it: never one shared "" session.
     if not params.get("session_id"):
         params["session_id"] = str(uuid4())
@@ -114,11 +116,11 @@ async def run_locally(
         )
     try:
         output = await until_disconnected(request, runner.arun(input, stream=False, **params))
-    except ClientDisconnected:
+    except ClientGone:
         metrics.record_run(kind.name.lower(), entity.id, "CANCELLED")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return error_response(ClientGone())
     except InputCheckError as error:  # a refused input is the caller's error, as AgentOS answers
-        raise HTTPException(status_code=400, detail=str(error)) from None
+        raise BadRequest(str(error)) from None
     status = getattr(output.status, "value", output.status)
     metrics.record_run(kind.name.lower(), entity.id, str(status) if status else None)
     return JSONResponse(jsonable_encoder(output.to_dict()))
