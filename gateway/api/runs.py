@@ -25,11 +25,11 @@ from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
 from gateway.local import LocalEntity
 from gateway.proxy import Outgoing
 from gateway.routing import Directory, Remote, Target
+from gateway.wire import form as wire_form
 from gateway.wire.encoding import v1_json_to_form
 from gateway.wire.kinds import ENTITY_ID_PATTERN, EntityKind, is_valid_entity_id
 
 RETRY_AFTER_UNKNOWN_S = 5
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # AgentOS's answer to a run request that is not a form (it reads the form field ``message``).
 MESSAGE_MISSING = {"detail": [{"type": "missing", "loc": ["body", "message"], "msg": "Field required", "input": None}]}
 SESSION_ID_MISSING = {"detail": [{"type": "missing", "loc": ["body", "session_id"], "msg": "Field required", "input": None}]}
@@ -72,10 +72,15 @@ def _agentos_run_fields(
 
 
 async def _form(request: Request) -> Tuple[FormData, str]:
+    """The form of a run request: urlencoded by ``gateway.wire.form`` (as the fast path reads it),
+    multipart by Starlette (as AgentOS reads it)."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith((FORM_CONTENT_TYPE, "multipart/form-data")):
+    media_type = wire_form.media_type(content_type)
+    if media_type not in (wire_form.URLENCODED, wire_form.MULTIPART):
         raise HTTPException(status_code=422, detail=MESSAGE_MISSING["detail"])
-    await request.body()  # kept: the form is parsed from it, and it is forwarded as it came
+    body = await request.body()  # kept: the form is parsed from it, and it is forwarded as it came
+    if media_type == wire_form.URLENCODED:
+        return FormData(wire_form.parse_form(body)), content_type
     return await request.form(), content_type
 
 
@@ -100,11 +105,10 @@ def _check_json_object_fields(form: FormData) -> None:
 
 def _form_bool(form: FormData, name: str, default: bool) -> bool:
     value = form.get(name)
-    if value is None:
-        return default  # AgentOS: an omitted ``stream`` means True
-    if not isinstance(value, str) or value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+    read = wire_form.read_bool(value, default) if value is None or isinstance(value, str) else None
+    if read is None:
         raise HTTPException(status_code=422, detail=f"{name}: not a boolean")
-    return value.lower() in ("true", "1", "yes", "on")
+    return read
 
 
 async def _local_form_run(request: Request, entity: LocalEntity, form: FormData) -> Response:
@@ -155,7 +159,7 @@ def _add_kind_routes(
         outgoing = Outgoing(
             "POST",
             f"/{kind.path}/{entity_id}/runs",
-            headers={"Content-Type": FORM_CONTENT_TYPE},
+            headers={"Content-Type": wire_form.URLENCODED},
             body=form_body(v1_json_to_form(data)),
             expects_stream=body.stream,
         )
