@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.api.fast_path import _prepare_form, _prepare_v1, match_run_path
+from gateway.errors import BadRequest
 from gateway.wire.kinds import EntityKind
 
 FORM = "application/x-www-form-urlencoded"
@@ -33,6 +34,21 @@ def test_form_ids_are_read_as_agentos_reads_them() -> None:
     assert session_id == "caf\u00c3\u00a9 \u00e9;1" and not is_new and stream is False
     # the last run_id is empty: the gateway makes one, appended so that AgentOS reads it last too
     assert run_id not in ("", "a b") and outgoing == body + f"&run_id={run_id}".encode()
+
+
+@pytest.mark.parametrize(
+    "prepare, body",
+    [
+        (_prepare_form, b"message=x&session_id=" + b"a" * 257),
+        (_prepare_form, b"message=x&run_id=" + b"%C3%A9" * 129),
+        (_prepare_v1, b'{"input": "x", "session_id": "' + b"a" * 257 + b'"}'),
+        (_prepare_v1, b'{"input": "x", "run_id": "' + "\u00e9".encode() * 129 + b'"}'),
+    ],
+)
+def test_an_id_over_256_bytes_is_refused(prepare, body: bytes) -> None:
+    args = (body, FORM) if prepare is _prepare_form else (body,)
+    with pytest.raises(BadRequest, match="_id: longer than 256 bytes"):
+        prepare(*args)
 
 
 def test_what_the_fast_path_leaves_to_the_routes() -> None:

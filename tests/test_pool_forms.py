@@ -5,6 +5,8 @@
   repeated field, ``;``; on the fast path and the routes' (a form with ``session_state``,
   multipart) alike. Each id is chosen so that a reader getting it wrong would pick the other
   upstream: a wrong reading cannot pass by luck.
+* An id over 256 bytes is refused (400 naming it) on every path the gateway reads one, before
+  any upstream sees it.
 """
 
 from __future__ import annotations
@@ -151,3 +153,82 @@ async def test_the_run_owner_is_remembered_under_the_id_agentos_records(client, 
     read = await client.get(f"/agents/echo-agent/runs/{quote(run_id, safe='')}", params={"session_id": session_id})
     assert read.status_code == 200, read.text
     assert read.json()["run_id"] == run_id and read.headers["x-agentos-gateway-upstream"] == owner
+
+
+# -- the 256-byte cap ------------------------------------------------------------------------------
+
+LONG = "a" * 257
+LONG_UTF8 = "\u00e9" * 129  # 129 characters, 258 bytes: the cap counts bytes
+AT_CAP = "\u00e9" * 128  # 256 bytes: allowed
+
+
+async def _upstream_requests(client: httpx.AsyncClient) -> float:
+    """Requests the gateway has sent to upstreams, from its own metrics."""
+    text = (await client.get("/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("agentos_gateway_upstream_requests_total{")
+    )
+
+
+def _form(**fields: str) -> bytes:
+    return "&".join(f"{name}={quote(value, safe='')}" for name, value in fields.items()).encode()
+
+
+REFUSED: List[Tuple[str, str, str, Dict[str, object]]] = [
+    # (label, method, path, httpx keyword arguments) -> refused naming the field in the label
+    ("session_id:form-fast", "POST", "/agents/echo-agent/runs", {"content": _form(message="x", session_id=LONG), "headers": {"content-type": FORM}}),
+    ("run_id:form-fast", "POST", "/agents/echo-agent/runs", {"content": _form(message="x", run_id=LONG_UTF8), "headers": {"content-type": FORM}}),
+    ("session_id:form-routes", "POST", "/agents/echo-agent/runs", {"content": _form(message="x", session_state="{}", session_id=LONG_UTF8), "headers": {"content-type": FORM}}),
+    ("run_id:form-routes", "POST", "/agents/echo-agent/runs", {"content": _form(message="x", dependencies="{}", run_id=LONG), "headers": {"content-type": FORM}}),
+    ("session_id:multipart", "POST", "/agents/echo-agent/runs", {"content": _multipart([(b"message", b"x"), (b"session_id", LONG.encode())]), "headers": {"content-type": f"multipart/form-data; boundary={BOUNDARY.decode()}"}}),
+    ("session_id:v1", "POST", "/v1/agents/echo-agent/run", {"json": {"input": "x", "session_id": LONG}}),
+    ("run_id:v1", "POST", "/v1/agents/echo-agent/run", {"json": {"input": "x", "run_id": LONG_UTF8}}),
+    ("run_id:v1-team", "POST", "/v1/teams/echo-team/run", {"json": {"input": "x", "run_id": LONG}}),
+    ("run_id:cancel", "POST", f"/agents/echo-agent/runs/{LONG}/cancel", {}),
+    ("run_id:continue", "POST", f"/agents/echo-agent/runs/{quote(LONG_UTF8)}/continue", {"content": _form(tools="[]"), "headers": {"content-type": FORM}}),
+    ("session_id:continue", "POST", "/agents/echo-agent/runs/r1/continue", {"content": _form(tools="[]", session_id=LONG), "headers": {"content-type": FORM}}),
+    ("run_id:read-back", "GET", f"/agents/echo-agent/runs/{LONG}", {"params": {"session_id": "s"}}),
+    ("session_id:read-back", "GET", "/agents/echo-agent/runs", {"params": {"session_id": LONG_UTF8}}),
+    ("session_id:session", "GET", f"/sessions/{LONG}", {}),
+    ("session_id:session-part", "DELETE", f"/sessions/{quote(LONG_UTF8)}/runs", {}),
+    ("session_id:fork", "POST", f"/agents/echo-agent/sessions/{LONG}/fork", {"json": {}}),
+    ("session_id:create", "POST", "/sessions", {"json": {"agent_id": "echo-agent", "session_id": LONG}}),
+]
+
+
+@pytest.mark.parametrize("label, method, path, kwargs", REFUSED, ids=[case[0] for case in REFUSED])
+async def test_an_id_over_256_bytes_is_refused_before_any_upstream(client, label, method, path, kwargs) -> None:
+    before = await _upstream_requests(client)
+    response = await client.request(method, path, **kwargs)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": f"{label.split(':')[0]}: longer than 256 bytes"}
+    assert await _upstream_requests(client) == before  # no upstream saw it
+
+
+async def test_a_refused_cancel_never_reaches_an_upstream(client, pool_upstreams) -> None:
+    """AgentOS keeps a cancel of a run it does not know and cancels the run when it starts: a run
+    started later on each upstream directly says whether that upstream saw the cancel."""
+    at_cap = f"{AT_CAP[:-2]}{NONCE[:4]}"  # 252 + 4: 256 bytes
+    over = f"{at_cap}+"
+    assert (await client.post(f"/agents/echo-agent/runs/{quote(at_cap)}/cancel")).status_code == 200
+    assert (await client.post(f"/agents/echo-agent/runs/{quote(over)}/cancel")).status_code == 400
+    for server in pool_upstreams:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as direct:
+            statuses = {}
+            for run_id in (at_cap, over):
+                answer = await direct.post(
+                    "/agents/echo-agent/runs", data={"message": "hi", "stream": "false", "run_id": run_id}
+                )
+                statuses[run_id] = answer.json()["status"]
+        # the cancel at the cap reached every upstream (its owner unknown); the one over it none
+        assert statuses == {at_cap: "CANCELLED", over: "COMPLETED"}, (server.name, statuses)
+
+
+async def test_an_id_of_256_bytes_runs(client, pool_upstreams) -> None:
+    session_id = f"{AT_CAP[:-4]}{NONCE}"  # 248 + 8: 256 bytes
+    response = await _form_run(client, b"message=hi&stream=false&" + _form(session_id=session_id, run_id=AT_CAP))
+    assert response.json()["session_id"] == session_id and response.json()["run_id"] == AT_CAP
+    v1 = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": session_id})
+    assert v1.status_code == 200 and v1.json()["session_id"] == session_id

@@ -15,6 +15,7 @@ from starlette.formparsers import FormParser, MultiPartException
 
 from gateway.errors import BadRequest
 from gateway.wire import form
+from gateway.wire.ids import MAX_ID_BYTES, check_id
 
 HEADERS = Headers({"content-type": form.URLENCODED})
 
@@ -131,3 +132,12 @@ def test_booleans_are_pydantics(value: str) -> None:  # empty is the default: be
 def test_an_empty_or_missing_boolean_is_the_default() -> None:
     assert form.read_bool(None, True) is True and form.read_bool("", True) is True
     assert form.read_bool(None, False) is False and form.read_bool("", False) is False
+
+
+def test_ids_are_capped_in_utf8_bytes() -> None:
+    check_id("session_id", "a" * MAX_ID_BYTES)
+    check_id("session_id", "é" * (MAX_ID_BYTES // 2))
+    check_id("run_id", None)
+    for too_long in ("a" * (MAX_ID_BYTES + 1), "é" * (MAX_ID_BYTES // 2) + "a", "€" * 86):
+        with pytest.raises(BadRequest, match=f"^run_id: longer than {MAX_ID_BYTES} bytes$"):
+            check_id("run_id", too_long)

@@ -7,8 +7,8 @@ the path, read, and forwarded by the same ``Forwarder`` the routes use.
 
 Only well-formed requests take this path. Anything else (a local entity, multipart, a body the
 checks refuse) goes on to the routes with its body replayed, so every error is answered in one
-place, the same way; what the gateway itself refuses whatever the route (a form Starlette
-refuses) is answered here by ``error_response``. A form is read by
+place, the same way; what the gateway itself refuses whatever the route (an id over the cap, a
+form Starlette refuses) is answered here by ``error_response``. A form is read by
 ``gateway.wire.form``, as the routes and AgentOS read it.
 """
 
@@ -33,6 +33,7 @@ from gateway.proxy import Outgoing
 from gateway.routing import Directory, Remote
 from gateway.wire import form
 from gateway.wire.encoding import v1_json_to_form
+from gateway.wire.ids import check_id
 from gateway.wire.kinds import EntityKind, is_valid_entity_id
 
 
@@ -88,7 +89,7 @@ class FastRunPath:
         scope["route"] = _ROUTE_TEMPLATES[(is_v1, kind)]  # the same labels as the routes' own
         try:
             prepared = _prepare_v1(body) if is_v1 else _prepare_form(body, content_type)
-        except BadRequest as refused:  # a form Starlette refuses: no upstream sees it
+        except BadRequest as refused:  # an id too long, a form Starlette refuses: no upstream sees it
             await error_response(refused)(scope, replay, send)
             return
         if prepared is None:  # the routes answer it, as they answer every malformed request
@@ -121,6 +122,8 @@ def _prepare_v1(body: bytes) -> Optional[Tuple[bytes, str, bool, str, bool]]:
         request = RunRequest.model_validate_json(body)
     except (ValidationError, ValueError):
         return None
+    check_id("session_id", request.session_id)
+    check_id("run_id", request.run_id)
     data = request.model_dump(exclude_none=True)
     session_id, session_is_new = new_session(data.get("session_id"))
     run_id = data.get("run_id") or new_uuid()
@@ -136,6 +139,8 @@ def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, 
     stream = form.read_bool(fields.get("stream"), True)
     if stream is None or "message" not in fields or any(name in fields for name in JSON_OBJECT_FIELDS):
         return None  # the routes check these (fields AgentOS would fail on with a 500)
+    check_id("session_id", fields.get("session_id"))
+    check_id("run_id", fields.get("run_id"))
     added: Dict[str, str] = {}
     session_id, session_is_new = new_session(fields.get("session_id") or None)
     if session_is_new:

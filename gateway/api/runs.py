@@ -27,6 +27,7 @@ from gateway.proxy import Outgoing
 from gateway.routing import Directory, Remote, Target
 from gateway.wire import form as wire_form
 from gateway.wire.encoding import v1_json_to_form
+from gateway.wire.ids import check_id
 from gateway.wire.kinds import ENTITY_ID_PATTERN, EntityKind, is_valid_entity_id
 
 RETRY_AFTER_UNKNOWN_S = 5
@@ -82,6 +83,11 @@ async def _form(request: Request) -> Tuple[FormData, str]:
     if media_type == wire_form.URLENCODED:
         return FormData(wire_form.parse_form(body)), content_type
     return await request.form(), content_type
+
+
+def _check_ids(session_id: Optional[str], run_id: Optional[str]) -> None:
+    check_id("session_id", session_id)
+    check_id("run_id", run_id)
 
 
 # Form fields AgentOS decodes as a JSON object, but passes to ``arun`` as they are when empty, and
@@ -148,6 +154,7 @@ def _add_kind_routes(
 
     async def v1_run(entity_id: str, body: RunRequest, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
+        _check_ids(body.session_id, body.run_id)
         return await limiter.run(body.stream, lambda: _v1_run(entity_id, body, request, target))
 
     async def _v1_run(entity_id: str, body: RunRequest, request: Request, target: Target) -> Response:
@@ -169,6 +176,7 @@ def _add_kind_routes(
         target = resolve(directory, kind, entity_id, request)
         form, content_type = await _form(request)
         _check_json_object_fields(form)
+        _check_ids(_text(form.get("session_id")), _text(form.get("run_id")))
         stream = _form_bool(form, "stream", True)
         return await limiter.run(stream, lambda: _native_run(entity_id, request, target, form, content_type, stream))
 
@@ -193,6 +201,7 @@ def _add_kind_routes(
 
     async def cancel_run(entity_id: str, run_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
+        check_id("run_id", run_id)
         if isinstance(target, LocalEntity):
             return JSONResponse(await cancel_locally(target, run_id))
         status = await _forwarder(forwarder).cancel(target.upstreams, kind, entity_id, run_id, request.url.query)
@@ -204,10 +213,12 @@ def _add_kind_routes(
         target = resolve(directory, kind, entity_id, request)
         if isinstance(target, LocalEntity):
             raise HTTPException(status_code=501, detail="continue is served for upstream entities only")
+        check_id("run_id", run_id)
         form, content_type = await _form(request)
         _check_json_object_fields(form)  # an empty ``dependencies`` fails AgentOS's continue too
         fwd = _forwarder(forwarder)
         session_id = _text(form.get("session_id"))
+        check_id("session_id", session_id)
         if session_id is None and kind is EntityKind.WORKFLOW:
             # AgentOS answers a workflow continue without one with a 500 ("No session_id
             # provided"), which would count against the upstream: the caller's error, said here.
@@ -228,6 +239,7 @@ def _add_kind_routes(
             raise HTTPException(status_code=501, detail="run read-back is served for upstream entities only")
         fwd = _forwarder(forwarder)
         session_id = request.query_params.get("session_id")
+        _check_ids(session_id, run_id)
         choice = _choice_for_run(fwd, target, run_id, session_id)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return await fwd.forward(request, choice, Outgoing("GET", path), with_affinity=False)
