@@ -243,6 +243,7 @@ class Proxy:
                     data=outgoing.body,
                     headers=headers,
                     allow_redirects=False,
+                    timeout=self.pool.connect_timeout,  # the reloaded connect_s, not the session's first
                 )
         except aiohttp.ConnectionTimeoutError:
             raise self._failed(upstream, Outcome.TIMEOUT, 504, "connect timed out", retryable=True) from None
