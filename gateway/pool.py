@@ -156,6 +156,7 @@ class Pool:
             budget_percent=settings.retry.budget_percent,
             min_retry_concurrency=settings.retry.min_retry_concurrency,
         )
+        self.connect_timeout = _connect_timeout(settings)
         self.active_requests = 0
         self.active_retries = 0
         self._tasks: Dict[str, asyncio.Task] = {}  # probe loops by upstream name, DNS loops by "dns:" + entry
@@ -212,7 +213,7 @@ class Pool:
                 keepalive_timeout=self.settings.timeouts.upstream_keepalive_s,
             ),  # fmt: skip
             # Per-request timeouts are set by the sender; none here that could cut a stream.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.timeouts.connect_s),
+            timeout=self.connect_timeout,
             auto_decompress=False,  # bytes pass through as the upstream sent them
             response_class=_NoReuseAfter5xx,
             skip_auto_headers=("User-Agent",),
@@ -286,8 +287,16 @@ class Pool:
         new_static = {c.name: c for c in settings.upstreams if c.dns is None}
         old_dns = {c.name: c for c in self.settings.upstreams if c.dns is not None}
         new_dns = {c.name: c for c in settings.upstreams if c.dns is not None}
+        health_changed = settings.health != self.settings.health
         self.settings = settings
         self.retry_budget = RetryBudget(settings.retry.budget_percent, settings.retry.min_retry_concurrency)
+        self.connect_timeout = _connect_timeout(settings)  # sessions keep theirs: the proxy passes this one
+        if health_changed:  # a probe loop asleep for the old interval would keep it until it wakes
+            for name, upstream in self.upstreams.items():
+                task = self._tasks.pop(name, None)
+                if task is not None:
+                    task.cancel()
+                    self._start_probing(upstream)
         health_policy = HealthPolicy(settings.health.healthy_threshold, settings.health.unhealthy_threshold)
         outlier_policy = OutlierPolicy(**settings.outlier.model_dump())
         for upstream in self.upstreams.values():
@@ -360,8 +369,8 @@ class Pool:
     # -- active health and membership ------------------------------------------------------------
 
     async def _probe_loop(self, upstream: Upstream) -> None:
-        health = self.settings.health
         while True:
+            health = self.settings.health
             jitter = health.interval_s * health.jitter_percent / 100.0
             await asyncio.sleep(health.interval_s + self._rng.uniform(-jitter, jitter))
             try:
@@ -475,6 +484,10 @@ class Pool:
 
     def may_retry(self) -> bool:
         return self.retry_budget.allows(self.active_requests, self.active_retries)
+
+
+def _connect_timeout(settings: Settings) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=settings.timeouts.connect_s)
 
 
 def _ids(entries: Any) -> Iterable[str]:

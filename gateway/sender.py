@@ -109,6 +109,7 @@ class Sender:
                     data=outgoing.body,
                     headers=headers,
                     allow_redirects=False,
+                    timeout=self.pool.connect_timeout,  # the reloaded connect_s, not the session's first
                 )
         # aiohttp raises these two only while connecting: no byte of the request left.
         except aiohttp.ConnectionTimeoutError:

@@ -80,12 +80,14 @@ class Keyring:
         for key in keys:
             digest = hashlib.sha256(key.key.encode()).digest()
             old = self.keys.get(digest)
-            same_rate = old is not None and old.bucket is not None and key.rate_per_s == old.bucket.rate_per_s
-            bucket = (
-                old.bucket if same_rate else
-                TokenBucket(key.rate_per_s, float(key.burst or max(1, math.ceil(key.rate_per_s)))) if key.rate_per_s
-                else None
-            )  # fmt: skip
+            bucket = None
+            if key.rate_per_s:
+                burst = float(key.burst or max(1, math.ceil(key.rate_per_s)))
+                # An unchanged limit keeps its bucket (a reload refills no one); a changed one,
+                # rate or burst, starts a new bucket.
+                kept = old.bucket if old is not None else None
+                unchanged = kept is not None and (kept.rate_per_s, kept.burst) == (key.rate_per_s, burst)
+                bucket = kept if unchanged else TokenBucket(key.rate_per_s, burst)
             entities = frozenset(key.entities) if key.entities is not None else None
             loaded[digest] = _Key(key.name, digest, entities, bucket)
         self.keys = loaded

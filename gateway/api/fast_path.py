@@ -7,7 +7,9 @@ the path, read, and forwarded by the same ``Forwarder`` the routes use.
 
 Only well-formed requests take this path. Anything else (a local entity, multipart, a body the
 checks refuse) goes on to the routes with its body replayed, so every error is answered in one
-place, the same way.
+place, the same way; what the gateway itself refuses whatever the route (an id over the cap, a
+form Starlette refuses) is answered here by ``error_response``. A form is read by
+``gateway.wire.form``, as the routes and AgentOS read it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
-from urllib.parse import unquote_plus
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -27,14 +28,13 @@ from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, n
 from gateway.api.limits import Limiter
 from gateway.api.runs import JSON_OBJECT_FIELDS
 from gateway.api.schemas import RunRequest
-from gateway.errors import Busy
+from gateway.errors import BadRequest, Busy
 from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote
+from gateway.wire import form
 from gateway.wire.encoding import v1_json_to_form
+from gateway.wire.ids import check_id
 from gateway.wire.kinds import EntityKind, is_valid_entity_id
-
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
-_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class FastRunPath:
         is_v1, kind, entity_id = matched
         target = self.directory.resolve(kind, entity_id) if is_valid_entity_id(entity_id) else None
         content_type = _header(scope, b"content-type")
-        if not isinstance(target, Remote) or not (is_v1 or content_type.startswith(FORM_CONTENT_TYPE)):
+        if not isinstance(target, Remote) or not (is_v1 or form.media_type(content_type) == form.URLENCODED):
             await self.app(scope, receive, send)
             return
         try:
@@ -85,17 +85,21 @@ class FastRunPath:
             await _answer_http_exception(send, too_large)
             return
         replay = _replaying(body, receive)
-        prepared = _prepare_v1(body) if is_v1 else _prepare_form(body, content_type)
+        scope.setdefault("state", {})["entity"] = entity_id
+        scope["route"] = _ROUTE_TEMPLATES[(is_v1, kind)]  # the same labels as the routes' own
+        try:
+            prepared = _prepare_v1(body) if is_v1 else _prepare_form(body, content_type)
+        except BadRequest as refused:  # an id too long, a form Starlette refuses: no upstream sees it
+            await error_response(refused)(scope, replay, send)
+            return
         if prepared is None:  # the routes answer it, as they answer every malformed request
             await self.app(scope, replay, send)
             return
         outgoing_body, session_id, session_is_new, run_id, stream = prepared
-        scope.setdefault("state", {})["entity"] = entity_id
-        scope["route"] = _ROUTE_TEMPLATES[(is_v1, kind)]  # the same labels as the routes' own
         outgoing = Outgoing(
             "POST",
             f"/{kind.path}/{entity_id}/runs",
-            headers={"Content-Type": content_type if not is_v1 else FORM_CONTENT_TYPE},
+            headers={"Content-Type": content_type if not is_v1 else form.URLENCODED},
             body=outgoing_body,
             expects_stream=stream,
         )
@@ -118,6 +122,8 @@ def _prepare_v1(body: bytes) -> Optional[Tuple[bytes, str, bool, str, bool]]:
         request = RunRequest.model_validate_json(body)
     except (ValidationError, ValueError):
         return None
+    check_id("session_id", request.session_id)
+    check_id("run_id", request.run_id)
     data = request.model_dump(exclude_none=True)
     session_id, session_is_new = new_session(data.get("session_id"))
     run_id = data.get("run_id") or new_uuid()
@@ -128,32 +134,13 @@ def _prepare_v1(body: bytes) -> Optional[Tuple[bytes, str, bool, str, bool]]:
 _WANTED_FIELDS = frozenset({"message", "stream", "session_id", "run_id", *JSON_OBJECT_FIELDS})
 
 
-def _form_fields(body: bytes) -> Optional[Dict[str, str]]:
-    """The few fields the gateway reads, the last of each as form readers take it; only their
-    values are decoded. None for a body that is not a form."""
-    fields: Dict[str, str] = {}
-    if not body:
-        return fields
-    try:
-        for pair in body.split(b"&"):
-            name, sep, value = pair.partition(b"=")
-            if not sep:
-                return None
-            key = unquote_plus(name.decode())
-            if key in _WANTED_FIELDS:
-                fields[key] = unquote_plus(value.decode(), errors="strict")
-    except UnicodeDecodeError:
-        return None
-    return fields
-
-
 def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, bool, str, bool]]:
-    fields = _form_fields(body)
-    if fields is None:
-        return None
-    stream = _BOOLEANS.get(fields.get("stream", "true").lower())
+    fields = form.last_values(body, _WANTED_FIELDS)
+    stream = form.read_bool(fields.get("stream"), True)
     if stream is None or "message" not in fields or any(name in fields for name in JSON_OBJECT_FIELDS):
         return None  # the routes check these (fields AgentOS would fail on with a 500)
+    check_id("session_id", fields.get("session_id"))
+    check_id("run_id", fields.get("run_id"))
     added: Dict[str, str] = {}
     session_id, session_is_new = new_session(fields.get("session_id") or None)
     if session_is_new:

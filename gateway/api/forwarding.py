@@ -97,18 +97,24 @@ class RunInfo:
         return format_frame(event).encode()
 
 
+def run_owner_ttl_s(settings: Settings) -> float:
+    """How long a run's upstream is remembered: no run outlives the whole-run timeout by much."""
+    return settings.timeouts.run_s + 60.0
+
+
 class Forwarder:
     def __init__(self, pool: Pool, settings: Settings) -> None:
         self.pool = pool
         self.settings = settings
         self.sender = Sender(pool, settings)
-        self.run_owners = RunOwners(ttl_s=settings.timeouts.run_s + 60.0)
+        self.run_owners = RunOwners(ttl_s=run_owner_ttl_s(settings))
         self._background: Set[asyncio.Task] = set()
         self._in_panic: Set[Tuple[str, ...]] = set()  # upstream sets now served in panic (logged once)
         self._sweeper: Optional[asyncio.Task] = None
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = self.sender.settings = settings
+        self.run_owners.ttl_s = run_owner_ttl_s(settings)  # for runs remembered from now on
 
     def start(self) -> None:
         self._sweeper = asyncio.ensure_future(self.run_owners.sweeping(SWEEP_INTERVAL_S))

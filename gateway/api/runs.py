@@ -25,11 +25,12 @@ from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
 from gateway.local import LocalEntity
 from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote, Target
+from gateway.wire import form as wire_form
 from gateway.wire.encoding import v1_json_to_form
+from gateway.wire.ids import check_id
 from gateway.wire.kinds import ENTITY_ID_PATTERN, EntityKind, is_valid_entity_id
 
 RETRY_AFTER_UNKNOWN_S = 5
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # AgentOS's answer to a run request that is not a form (it reads the form field ``message``).
 MESSAGE_MISSING = {"detail": [{"type": "missing", "loc": ["body", "message"], "msg": "Field required", "input": None}]}
 SESSION_ID_MISSING = {"detail": [{"type": "missing", "loc": ["body", "session_id"], "msg": "Field required", "input": None}]}
@@ -72,11 +73,21 @@ def _agentos_run_fields(
 
 
 async def _form(request: Request) -> Tuple[FormData, str]:
+    """The form of a run request: urlencoded by ``gateway.wire.form`` (as the fast path reads it),
+    multipart by Starlette (as AgentOS reads it)."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith((FORM_CONTENT_TYPE, "multipart/form-data")):
+    media_type = wire_form.media_type(content_type)
+    if media_type not in (wire_form.URLENCODED, wire_form.MULTIPART):
         raise HTTPException(status_code=422, detail=MESSAGE_MISSING["detail"])
-    await request.body()  # kept: the form is parsed from it, and it is forwarded as it came
+    body = await request.body()  # kept: the form is parsed from it, and it is forwarded as it came
+    if media_type == wire_form.URLENCODED:
+        return FormData(wire_form.parse_form(body)), content_type
     return await request.form(), content_type
+
+
+def _check_ids(session_id: Optional[str], run_id: Optional[str]) -> None:
+    check_id("session_id", session_id)
+    check_id("run_id", run_id)
 
 
 # Form fields AgentOS decodes as a JSON object, but passes to ``arun`` as they are when empty, and
@@ -100,11 +111,10 @@ def _check_json_object_fields(form: FormData) -> None:
 
 def _form_bool(form: FormData, name: str, default: bool) -> bool:
     value = form.get(name)
-    if value is None:
-        return default  # AgentOS: an omitted ``stream`` means True
-    if not isinstance(value, str) or value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+    read = wire_form.read_bool(value, default) if value is None or isinstance(value, str) else None
+    if read is None:
         raise HTTPException(status_code=422, detail=f"{name}: not a boolean")
-    return value.lower() in ("true", "1", "yes", "on")
+    return read
 
 
 async def _local_form_run(request: Request, entity: LocalEntity, form: FormData) -> Response:
@@ -144,6 +154,7 @@ def _add_kind_routes(
 
     async def v1_run(entity_id: str, body: RunRequest, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
+        _check_ids(body.session_id, body.run_id)
         return await limiter.run(body.stream, lambda: _v1_run(entity_id, body, request, target))
 
     async def _v1_run(entity_id: str, body: RunRequest, request: Request, target: Target) -> Response:
@@ -155,7 +166,7 @@ def _add_kind_routes(
         outgoing = Outgoing(
             "POST",
             f"/{kind.path}/{entity_id}/runs",
-            headers={"Content-Type": FORM_CONTENT_TYPE},
+            headers={"Content-Type": wire_form.URLENCODED},
             body=form_body(v1_json_to_form(data)),
             expects_stream=body.stream,
         )
@@ -165,6 +176,7 @@ def _add_kind_routes(
         target = resolve(directory, kind, entity_id, request)
         form, content_type = await _form(request)
         _check_json_object_fields(form)
+        _check_ids(_text(form.get("session_id")), _text(form.get("run_id")))
         stream = _form_bool(form, "stream", True)
         return await limiter.run(stream, lambda: _native_run(entity_id, request, target, form, content_type, stream))
 
@@ -189,6 +201,7 @@ def _add_kind_routes(
 
     async def cancel_run(entity_id: str, run_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
+        check_id("run_id", run_id)
         if isinstance(target, LocalEntity):
             return JSONResponse(await cancel_locally(target, run_id))
         status = await _forwarder(forwarder).cancel(target.upstreams, kind, entity_id, run_id, request.url.query)
@@ -200,10 +213,12 @@ def _add_kind_routes(
         target = resolve(directory, kind, entity_id, request)
         if isinstance(target, LocalEntity):
             raise HTTPException(status_code=501, detail="continue is served for upstream entities only")
+        check_id("run_id", run_id)
         form, content_type = await _form(request)
         _check_json_object_fields(form)  # an empty ``dependencies`` fails AgentOS's continue too
         fwd = _forwarder(forwarder)
         session_id = _text(form.get("session_id"))
+        check_id("session_id", session_id)
         if session_id is None and kind is EntityKind.WORKFLOW:
             # AgentOS answers a workflow continue without one with a 500 ("No session_id
             # provided"), which would count against the upstream: the caller's error, said here.
@@ -224,6 +239,7 @@ def _add_kind_routes(
             raise HTTPException(status_code=501, detail="run read-back is served for upstream entities only")
         fwd = _forwarder(forwarder)
         session_id = request.query_params.get("session_id")
+        _check_ids(session_id, run_id)
         choice = _choice_for_run(fwd, target, run_id, session_id)
         return await fwd.forward(request, choice, Outgoing("GET", upstream_path(request)), with_affinity=False)
 

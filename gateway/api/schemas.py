@@ -26,9 +26,9 @@ class RunRequest(BaseModel):
     stream_events: Optional[bool] = Field(
         None, description="every event, not only content; default true, as AgentOS's run routes"
     )
-    session_id: Optional[str] = Field(None, max_length=256)
+    session_id: Optional[str] = None  # capped by gateway.wire.ids (400 naming it, in UTF-8 bytes)
     user_id: Optional[str] = Field(None, max_length=256)
-    run_id: Optional[str] = Field(None, max_length=256)
+    run_id: Optional[str] = None  # likewise
     session_state: Optional[Dict[str, Any]] = None
     dependencies: Optional[Dict[str, Any]] = None
     metadata: Optional[Dict[str, Any]] = None

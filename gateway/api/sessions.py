@@ -21,6 +21,7 @@ from gateway.balancing import Affinity, Choice
 from gateway.pool import Upstream
 from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote
+from gateway.wire.ids import check_id
 from gateway.wire.kinds import EntityKind
 
 SESSION_METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
@@ -63,6 +64,7 @@ def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> API
     @router.api_route("/sessions/{session_id}", methods=SESSION_METHODS, summary="One session")
     @router.api_route("/sessions/{session_id}/{rest:path}", methods=SESSION_METHODS, summary="A session's parts")
     async def session(session_id: str, request: Request, rest: str = "") -> Response:
+        check_id("session_id", session_id)
         return await first_that_knows(request, forwarder.choose(everyone(), session_id).order)
 
     for kind in EntityKind:
@@ -73,6 +75,7 @@ def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> API
 def _add_entity_session_route(router: APIRouter, kind: EntityKind, directory: Directory, forwarder: Forwarder) -> None:
     async def entity_session(entity_id: str, session_id: str, action: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id)
+        check_id("session_id", session_id)
         if not isinstance(target, Remote):
             return Response(status_code=501)
         choice = forwarder.choose(target.upstreams, session_id)
@@ -102,7 +105,9 @@ def _creation_target(
         entity_id = data.get(kind.spec.id_field)
         target = directory.resolve(kind, entity_id) if isinstance(entity_id, str) else None
         if isinstance(target, Remote):
-            session_id, session_is_new = new_session(data.get("session_id") if isinstance(data.get("session_id"), str) else None)
+            given = data.get("session_id") if isinstance(data.get("session_id"), str) else None
+            check_id("session_id", given)
+            session_id, session_is_new = new_session(given)
             if session_is_new:
                 body = json.dumps({**data, "session_id": session_id}).encode()
             return target.upstreams, session_id, body
