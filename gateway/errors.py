@@ -9,6 +9,7 @@ place that turns them into answers (JSON ``{"detail": ...}``, as AgentOS answers
     │   ├── Forbidden             403: a key without the right
     │   ├── NotFound              404: no such id or route (AgentOS's texts)
     │   ├── Unprocessable         422: a field is wrong (``detail`` may be FastAPI's list)
+    │   └── NotImplementedHere    501: served for upstream entities only (local ones lack it)
     │   ├── RequestTimeout        408: the client was too slow to send its head or body; the
     │   │                         connection is closed (nginx's client_header/body_timeout)
     │   └── BodyTooLarge          413: more than ``max_body_bytes``
@@ -80,6 +81,10 @@ class NotFound(ClientError):
 
 class Unprocessable(ClientError):
     status_code = 422
+
+
+class NotImplementedHere(ClientError):
+    status_code = 501
 
 
 class RequestTimeout(ClientError):

@@ -14,7 +14,7 @@ import json
 from typing import Any, Dict, Optional, Tuple
 from uuid import uuid4
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
@@ -22,6 +22,7 @@ from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, s
 from gateway.api.limits import Limiter
 from gateway.api.local_runs import cancel_locally, run_locally, run_params
 from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
+from gateway.errors import BadRequest, NoUpstream, NotFound, NotImplementedHere, Unprocessable
 from gateway.local import LocalEntity
 from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote, Target
@@ -40,17 +41,13 @@ def resolve(directory: Directory, kind: EntityKind, entity_id: str, request: Opt
     """Who serves the id; 400 for a malformed id, 404 (AgentOS's text) for an unknown one.
     A served id is noted on the request, for its metrics and log line."""
     if not is_valid_entity_id(entity_id):
-        raise HTTPException(status_code=400, detail=f"Invalid id: must match {ENTITY_ID_PATTERN.pattern}")
+        raise BadRequest(f"Invalid id: must match {ENTITY_ID_PATTERN.pattern}")
     target = directory.resolve(kind, entity_id)
     if target is None:
         silent = directory.unknown_membership()
         if silent:
-            raise HTTPException(
-                status_code=503,
-                detail=f"No upstream available: {', '.join(silent)} not reachable yet",
-                headers={"Retry-After": str(RETRY_AFTER_UNKNOWN_S)},
-            )
-        raise HTTPException(status_code=404, detail=kind.spec.not_found)
+            raise NoUpstream(f"No upstream available: {', '.join(silent)} not reachable yet", RETRY_AFTER_UNKNOWN_S)
+        raise NotFound(kind.spec.not_found)
     if request is not None:
         request.state.entity = entity_id
     return target
@@ -78,7 +75,7 @@ async def _form(request: Request) -> Tuple[FormData, str]:
     content_type = request.headers.get("content-type", "")
     media_type = wire_form.media_type(content_type)
     if media_type not in (wire_form.URLENCODED, wire_form.MULTIPART):
-        raise HTTPException(status_code=422, detail=MESSAGE_MISSING["detail"])
+        raise Unprocessable(MESSAGE_MISSING["detail"])
     body = await request.body()  # kept: the form is parsed from it, and it is forwarded as it came
     if media_type == wire_form.URLENCODED:
         return FormData(wire_form.parse_form(body)), content_type
@@ -106,14 +103,14 @@ def _check_json_object_fields(form: FormData) -> None:
                     continue  # not JSON at all: AgentOS drops the field (with a warning)
                 if decoded is None or isinstance(decoded, dict):
                     continue
-            raise HTTPException(status_code=400, detail=f"Invalid {name} parameter: expected a JSON object")
+            raise BadRequest(f"Invalid {name} parameter: expected a JSON object")
 
 
 def _form_bool(form: FormData, name: str, default: bool) -> bool:
     value = form.get(name)
     read = wire_form.read_bool(value, default) if value is None or isinstance(value, str) else None
     if read is None:
-        raise HTTPException(status_code=422, detail=f"{name}: not a boolean")
+        raise Unprocessable(f"{name}: not a boolean")
     return read
 
 
@@ -122,13 +119,13 @@ async def _local_form_run(request: Request, entity: LocalEntity, form: FormData)
 
     message = form.get("message")
     if not isinstance(message, str):
-        raise HTTPException(status_code=422, detail=MESSAGE_MISSING["detail"])
+        raise Unprocessable(MESSAGE_MISSING["detail"])
     if any(isinstance(value, UploadFile) for _, value in form.multi_items()):
-        raise HTTPException(status_code=422, detail="file uploads are accepted for upstream entities only")
+        raise Unprocessable("file uploads are accepted for upstream entities only")
     kwargs = await get_request_kwargs(request, _agentos_run_fields)  # AgentOS's own decoding
     refused = sorted(EXECUTION_KEYWORDS & set(kwargs))
     if refused or _form_bool(form, "background", False):
-        raise HTTPException(status_code=422, detail=f"not accepted by this API: {', '.join(refused or ['background'])}")
+        raise Unprocessable(f"not accepted by this API: {', '.join(refused or ['background'])}")
     params: Dict[str, Any] = {key: value for key, value in kwargs.items() if value is not None}
     params["session_id"] = form.get("session_id") or str(uuid4())
     params["run_id"] = params.get("run_id") or str(uuid4())
@@ -212,7 +209,7 @@ def _add_kind_routes(
     async def continue_run(entity_id: str, run_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
         if isinstance(target, LocalEntity):
-            raise HTTPException(status_code=501, detail="continue is served for upstream entities only")
+            raise NotImplementedHere("continue is served for upstream entities only")
         check_id("run_id", run_id)
         form, content_type = await _form(request)
         _check_json_object_fields(form)  # an empty ``dependencies`` fails AgentOS's continue too
@@ -222,7 +219,7 @@ def _add_kind_routes(
         if session_id is None and kind is EntityKind.WORKFLOW:
             # AgentOS answers a workflow continue without one with a 500 ("No session_id
             # provided"), which would count against the upstream: the caller's error, said here.
-            raise HTTPException(status_code=422, detail=SESSION_ID_MISSING["detail"])
+            raise Unprocessable(SESSION_ID_MISSING["detail"])
         choice = _choice_for_run(fwd, target, run_id, session_id)
         outgoing = Outgoing(
             "POST",
@@ -236,7 +233,7 @@ def _add_kind_routes(
     async def read_runs(entity_id: str, request: Request, run_id: Optional[str] = None) -> Response:
         target = resolve(directory, kind, entity_id, request)
         if isinstance(target, LocalEntity):
-            raise HTTPException(status_code=501, detail="run read-back is served for upstream entities only")
+            raise NotImplementedHere("run read-back is served for upstream entities only")
         fwd = _forwarder(forwarder)
         session_id = request.query_params.get("session_id")
         _check_ids(session_id, run_id)
