@@ -48,3 +48,11 @@ def stored_run_status(db_path: Path, session_id: str) -> Optional[str]:
         return None
     status = session.runs[-1].status
     return getattr(status, "value", status)
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of process ``pid``, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from tests.helpers import rss_mib
 from tests.pools import answered_by
 
 
@@ -207,11 +208,6 @@ async def test_only_runs_an_upstream_accepted_are_remembered(recording) -> None:
         assert await _remembered_runs(client) == before + 1
 
 
-def _rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def test_megabyte_ids_are_refused_and_leave_no_trace(recording) -> None:
@@ -219,11 +215,11 @@ async def test_megabyte_ids_are_refused_and_leave_no_trace(recording) -> None:
     big = "r" * 1_000_000
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
         paths_before, remembered_before = len(upstream.paths), await _remembered_runs(client)
-        rss_before = _rss_mib(gateway.process.pid)
+        rss_before = rss_mib(gateway.process.pid)
         for field in ("run_id", "session_id") * 5:
             answer = await client.post("/agents/echo-agent/runs", data={"message": "fine", "stream": "false", field: big})
             assert answer.status_code == 400 and field in answer.json()["detail"], answer.text[:200]
-        rss_after = _rss_mib(gateway.process.pid)
+        rss_after = rss_mib(gateway.process.pid)
         assert upstream.paths[paths_before:] == [] and await _remembered_runs(client) == remembered_before
     print(f"10 form runs with 1 MB ids: 400 each; gateway RSS {rss_before:.1f} -> {rss_after:.1f} MiB")
     assert rss_after - rss_before < 8, (rss_before, rss_after)

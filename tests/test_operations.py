@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.fake_upstream import FaultyUpstream
+from tests.helpers import rss_mib
 from tests.pools import FAST_HEALTH, gateway_config, start_gateway
 
 KEY = "client-key-0123456789abcdef"
@@ -34,11 +35,6 @@ def _samples(scrape: str, name: str) -> Dict[str, float]:
     return found
 
 
-def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 # -- metrics -----------------------------------------------------------------------------------------
@@ -229,14 +225,14 @@ async def test_runs_and_streams_beyond_their_bounds_are_refused_at_once(limited_
                 return (await client.post("/v1/agents/echo-agent/run", json={"input": "slow: a b c d"})).status_code
 
             # 1,000 runs at once beyond the bound: refused at once, none waits in a queue
-            rss_before = _rss_mb(limited_gateway.process.pid)
+            rss_before = rss_mib(limited_gateway.process.pid)
             started = time.monotonic()
             async with asyncio.timeout(60):
                 codes = await asyncio.gather(*(one(client) for _ in range(1000)))
             print(f"1,000 runs over the limit answered in {time.monotonic() - started:.2f} s")
             # the one free slot serves a few as earlier ones end; the rest are refused, none waits
             assert set(codes) <= {200, 503} and codes.count(503) >= 900
-            rss_growth = _rss_mb(limited_gateway.process.pid) - rss_before
+            rss_growth = rss_mib(limited_gateway.process.pid) - rss_before
             print(f"gateway RSS after the burst: {rss_growth:+.1f} MB")
             assert rss_growth < 32  # nothing of the refused requests is kept
         after = await client.post("/v1/agents/echo-agent/run", json=slow)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from gateway.balancing import rank
-from tests.helpers import eventually, eventually_async
+from tests.helpers import eventually, eventually_async, rss_mib
 from tests.pools import ADMIN_KEY, FAST_HEALTH, gateway_config, start_gateway, start_upstreams, upstream_states
 from tests.fake_upstream import FaultyUpstream
 from tests.processes import Server, restart
@@ -419,16 +419,11 @@ async def test_a_clients_own_500s_eject_nothing_unless_configured(one_upstream) 
     print(f"20 client-caused 500s with count_5xx={count_5xx}: ejections {state['ejections']}")
 
 
-def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def test_a_slow_client_slows_the_upstream_instead_of_filling_the_gateway(faulty: Server) -> None:
     upstream: FaultyUpstream = faulty.faulty  # type: ignore[attr-defined]
-    rss_before = _rss_mb(faulty.process.pid)
+    rss_before = rss_mib(faulty.process.pid)
     async with httpx.AsyncClient(base_url=faulty.url, timeout=30) as client:
         async with client.stream(
             "POST", "/v1/agents/echo-agent/run", json={"input": "flood please", "stream": True, "session_id": "s-flood"}
@@ -440,7 +435,7 @@ async def test_a_slow_client_slows_the_upstream_instead_of_filling_the_gateway(f
             # Nothing more should move while the client does not read: watch for a while (the
             # one wait here that no event can end, since what is tested is that nothing happens).
             await asyncio.sleep(1.0)
-            sent_mb, rss_growth = upstream.flood_sent / 1e6, _rss_mb(faulty.process.pid) - rss_before
+            sent_mb, rss_growth = upstream.flood_sent / 1e6, rss_mib(faulty.process.pid) - rss_before
     print(f"backpressure: upstream held back after {sent_mb:.1f} MB; gateway RSS grew {rss_growth:.1f} MB")
     # socket buffers on the way and aiohttp's read buffer: a few MB, never the endless stream
     assert sent_mb < 64 and rss_growth < 64

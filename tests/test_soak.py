@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import aiohttp
 import pytest
 
+from tests.helpers import rss_mib
 from tests.pools import ADMIN_KEY, gateway_config, start_gateway
 from tests.processes import Server, held_connections
 
@@ -166,11 +167,6 @@ async def _drive(client: aiohttp.ClientSession, plan: List[str], offset: int, ta
 # -- the gateway process's figures ---------------------------------------------------------------------
 
 
-def _proc_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def _proc_fds(pid: int) -> int:
@@ -184,7 +180,7 @@ async def _figures(client: aiohttp.ClientSession, gateway: Server, upstreams: Li
     pid = gateway.process.pid
     assert runtime["pid"] == pid
     return {
-        "rss": _proc_rss(pid),
+        "rss": int(1024 * 1024 * rss_mib(pid)),
         "fds": _proc_fds(pid),
         "tasks": runtime["tasks"],
         "connector": sum(runtime["upstream_connections"].values()),
