@@ -47,13 +47,17 @@ def port_number(text: str) -> int:
 
 
 def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, server_class: Any = None,
-         workers: int = 1) -> None:  # fmt: skip
+         workers: int = 1, header_timeout_s: Optional[float] = None) -> None:  # fmt: skip
     """uvicorn on ``host:port``, or on an inherited socket ``fd``.
 
     An inherited socket is handed to uvicorn as a socket object of its real family: given the
     bare fd, uvicorn takes it for a Unix socket, and the TCP connections it accepts then lack
     TCP_NODELAY (every answer written in two parts waits ~40 ms for a delayed ACK).
+
+    ``header_timeout_s``: the gateway's HTTP protocol (``gateway/http_protocol.py``) with that
+    header timeout; None: uvicorn's own (an upstream AgentOS of the demo).
     """
+    import functools
     import socket as sockets
 
     import uvicorn
@@ -62,6 +66,10 @@ def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, s
     options: dict = dict(
         log_level=os.environ.get("GATEWAY_LOG_LEVEL", "info"), access_log=False, timeout_graceful_shutdown=grace_s
     )
+    if header_timeout_s is not None:
+        from gateway.http_protocol import GatewayHttpProtocol
+
+        options["http"] = functools.partial(GatewayHttpProtocol, header_timeout_s=header_timeout_s)
     if isinstance(app, str):
         options.update(factory=True, workers=workers)
     if fd is None:
@@ -80,8 +88,10 @@ def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, s
         pass
 
 
-def _serve_app(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0) -> None:
-    _run(app, host=host, port=port, fd=fd, grace_s=grace_s)
+def _serve_app(
+    app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0, header_timeout_s: Optional[float] = None
+) -> None:
+    _run(app, host=host, port=port, fd=fd, grace_s=grace_s, header_timeout_s=header_timeout_s)
 
 
 def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int]) -> None:
@@ -105,7 +115,10 @@ def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int]) -> None:
                 return
             super().handle_exit(sig, frame)
 
-    _run(app, host=settings.host, port=settings.port, fd=fd, grace_s=settings.shutdown.grace_s, server_class=DrainingServer)
+    _run(
+        app, host=settings.host, port=settings.port, fd=fd, grace_s=settings.shutdown.grace_s,
+        server_class=DrainingServer, header_timeout_s=settings.limits.client_header_timeout_s,
+    )  # fmt: skip
 
 
 def _serve_workers(args: argparse.Namespace, settings: Any) -> None:
@@ -122,6 +135,7 @@ def _serve_workers(args: argparse.Namespace, settings: Any) -> None:
     _run(
         "gateway.api.app:create_worker_app", host=settings.host, port=settings.port, fd=args.fd,
         grace_s=settings.shutdown.grace_s, workers=args.workers,
+        header_timeout_s=settings.limits.client_header_timeout_s,
     )  # fmt: skip
 
 
@@ -274,7 +288,7 @@ def _demo_in_process(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _fail_config(error)
     print(DEMO_LINES.format(host=_shown_host(args.host), port=args.port), flush=True)
-    _serve_app(app, host=args.host, port=args.port, fd=None)
+    _serve_app(app, host=args.host, port=args.port, fd=None, header_timeout_s=settings.limits.client_header_timeout_s)
     return 0
 
 
@@ -314,7 +328,8 @@ def _demo_with_upstreams(args: argparse.Namespace) -> int:
             except ValueError as error:  # ConfigError, or a GATEWAY_* variable pydantic refused
                 return _fail_config(error)
             print(_pool_demo_lines(_shown_host(args.host), port, children.children), flush=True)
-            _serve_app(app, host=args.host, port=port, fd=gateway_socket.fileno())
+            timeout = app.state.services.settings.limits.client_header_timeout_s
+            _serve_app(app, host=args.host, port=port, fd=gateway_socket.fileno(), header_timeout_s=timeout)
     except DemoStartError as error:
         print(f"agentos-gateway demo: {error}", file=sys.stderr)
         return EXIT_START_FAILED

@@ -1,5 +1,6 @@
 """A TCP server that looks like an AgentOS to the gateway's probes and answers runs as a test
-asks: garbage, cut streams, floods, immediate 503s, or a fine answer that records its headers."""
+asks: garbage, cut streams, floods, immediate 503s, slow answers, or a fine answer that records its
+headers."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Dict, List, Optional
 class FaultyUpstream:
     """A TCP server that looks like an AgentOS to probes (``/health``, ``/config``) and answers runs
     wrongly: garbage bytes for a message containing ``garbage``, an SSE stream cut after one frame
-    for ``cut``, a JSON answer cut mid-body for ``short``, no answer at all for ``hold``. Cancels
-    are answered ``{}``; every path but the probes' is recorded."""
+    for ``cut``, a JSON answer cut mid-body for ``short``, no answer at all for ``hold``; for
+    ``slowly`` a whole answer (SSE, or JSON for ``stream=false``) that takes ``SLOW_ANSWER_S``.
+    Cancels are answered ``{}``; every path but the probes' is recorded."""
 
     CONFIG = json.dumps({"os_id": "faulty", "agents": [{"id": "echo-agent"}], "teams": [], "workflows": []}).encode()
+    SLOW_ANSWER_S = 3.0
 
     def __init__(self) -> None:
         self.server: Optional[asyncio.base_events.Server] = None
@@ -56,6 +59,8 @@ class FaultyUpstream:
                     self._json(writer, b'{"status":"ok","instantiated_at":"2026-01-01T00:00:00Z"}')
                 elif path.startswith(b"/config"):
                     self._json(writer, self.CONFIG)
+                elif b"slowly" in body:
+                    await self._slowly(writer, stream=b"stream=false" not in body)
                 elif b"fine" in body:  # a completed run, and the request's headers kept for the test
                     self.seen_headers = {
                         line.split(b":", 1)[0].strip().lower().decode(): line.split(b":", 1)[1].strip().decode()
@@ -92,6 +97,22 @@ class FaultyUpstream:
             pass
         finally:
             writer.close()
+
+    async def _slowly(self, writer: asyncio.StreamWriter, *, stream: bool) -> None:
+        """A completed run whose answer takes ``SLOW_ANSWER_S``: six SSE frames spread over it, or
+        a JSON answer after it."""
+        if not stream:
+            await asyncio.sleep(self.SLOW_ANSWER_S)
+            self._json(writer, b'{"run_id":"r","status":"COMPLETED","content":"slowly"}')
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for event in ["RunStarted", *["RunContent"] * 4, "RunCompleted"]:
+            frame = f'event: {event}\ndata: {{"event":"{event}","run_id":"r","content":"slowly"}}\n\n'.encode()
+            writer.write(f"{len(frame):x}\r\n".encode() + frame + b"\r\n")
+            await writer.drain()
+            if event != "RunCompleted":
+                await asyncio.sleep(self.SLOW_ANSWER_S / 5)
+        writer.write(b"0\r\n\r\n")
 
     async def _flood(self, writer: asyncio.StreamWriter) -> None:
         """An endless SSE stream, written as fast as the gateway takes it."""

@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from gateway import __version__
-from gateway.api.body_limit import BodyLimitMiddleware
+from gateway.api.body_reader import BodyReaderMiddleware
 from gateway.api.admin import admin_router
 from gateway.api.auth import AuthMiddleware
 from gateway.api.errors import install as install_error_handlers
@@ -92,7 +92,9 @@ def create_app(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
             expose_headers=["x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER],
         )  # fmt: skip
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyReaderMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.limits.client_body_timeout_s
+    )
     app.add_middleware(
         ObserveMiddleware, access_log=settings.access_log, max_header_bytes=settings.limits.max_header_bytes
     )

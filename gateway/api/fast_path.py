@@ -14,21 +14,20 @@ form Starlette refuses) is answered here by ``error_response``. A form is read b
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.body_reader import INCOMPLETE
 from gateway.api.errors import error_response
 from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, new_uuid, with_form_fields
 from gateway.api.limits import Limiter
 from gateway.api.runs import JSON_OBJECT_FIELDS
 from gateway.api.schemas import RunRequest
-from gateway.errors import BadRequest, Busy
+from gateway.errors import BadRequest, Busy, ClientError, IncompleteBody
 from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote
 from gateway.wire import form
@@ -81,8 +80,8 @@ class FastRunPath:
             return
         try:
             body = await _read_body(receive)
-        except HTTPException as too_large:  # the body limit, for a chunked body
-            await _answer_http_exception(send, too_large)
+        except ClientError as error:  # too large, incomplete, too slow: never forwarded
+            await error_response(error)(scope, receive, send)
             return
         replay = _replaying(body, receive)
         scope.setdefault("state", {})["entity"] = entity_id
@@ -157,15 +156,16 @@ def _header(scope: Scope, name: bytes) -> str:
 
 
 async def _read_body(receive: Receive) -> bytes:
+    """The whole body. The body reader ahead (``api/body_reader.py``) raises first; a disconnect
+    is refused here too, so a body cut short can never be taken for a whole one."""
     chunks = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise IncompleteBody(INCOMPLETE)
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
@@ -178,11 +178,3 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
         return message if message is not None else await receive()
 
     return replay
-
-
-async def _answer_http_exception(send: Send, error: Any) -> None:
-    body = json.dumps({"detail": getattr(error, "detail", "Service unavailable")}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in (getattr(error, "headers", None) or {}).items()]
-    await send({"type": "http.response.start", "status": getattr(error, "status_code", 503), "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -1,5 +1,5 @@
 """Bounds on what one gateway takes at once: concurrent runs and concurrent streams (header size
-is checked by ``api/observe.py``, body size by ``api/body_limit.py``).
+is checked by ``api/observe.py``, body size by ``api/body_reader.py``).
 
 Beyond a bound the answer is immediate (503 with ``Retry-After``): never a queue that grows
 without end while clients wait.

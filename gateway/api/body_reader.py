@@ -1,0 +1,102 @@
+"""The one reader of request bodies: every part of the app reads a body through it.
+
+It wraps ``receive`` for everything inside it (the fast run path, the routes) and ends a body
+that cannot be read whole with an error, never with a shorter body:
+
+* a declared Content-Length over ``max_body_bytes`` is refused before the app runs; a body without
+  one (chunked) is counted as it arrives, and reading past the limit raises ``BodyTooLarge`` (413).
+  Nothing past the limit is ever buffered.
+* ``http.disconnect`` before the body's last chunk raises ``IncompleteBody`` (400). uvicorn sends
+  it when the client closes mid-body, and also when httptools refuses the framing (a malformed
+  chunk size, an unknown ``Transfer-Encoding``): uvicorn then answers 400 itself and closes, but
+  the app, started once the head was complete, only sees the disconnect. So a body that ends
+  early is never mistaken for a whole one, and never forwarded.
+* nothing new for ``timeout_s`` while the body is incomplete raises ``RequestTimeout`` (408, the
+  connection closed): nginx's ``client_body_timeout``, the time between two reads, not the whole
+  body. Once the body is whole, ``receive()`` only waits for the client to leave, for as long as
+  the answer takes: no timeout then.
+
+Once the body has failed, its error is the answer (``error_response``), whatever the app made of
+it: FastAPI turns any error raised while it parses a body into a 400 "error parsing the body".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.api.errors import error_response
+from gateway.errors import BodyTooLarge, ClientError, IncompleteBody, RequestTimeout
+
+INCOMPLETE = "Incomplete request body: the connection ended before the body did"
+
+
+class BodyReaderMiddleware:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.too_large = f"Request body too large: the limit is {max_bytes} bytes"
+        self.too_slow = f"Request body timeout: nothing received for {timeout_s:g} s"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if _declared_length(scope) > self.max_bytes:
+            await error_response(BodyTooLarge(self.too_large))(scope, receive, send)
+            return
+        received = 0
+        whole = False
+        failure: Optional[ClientError] = None
+        app_answering = replaced = False
+
+        async def read() -> Message:
+            nonlocal received, whole, failure
+            if whole:
+                return await receive()  # the client leaving, whenever it does
+            if failure is not None:
+                raise failure  # a failed body never reads as anything else
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                failure = RequestTimeout(self.too_slow)
+                raise failure from None
+            if message["type"] == "http.disconnect":
+                failure = IncompleteBody(INCOMPLETE)
+                raise failure
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                failure = BodyTooLarge(self.too_large)
+                raise failure
+            whole = not message.get("more_body", False)
+            return message
+
+        async def answer(message: Message) -> None:
+            nonlocal app_answering, replaced
+            if replaced:
+                return
+            if message["type"] == "http.response.start" and failure is not None:
+                replaced = True
+                await error_response(failure)(scope, receive, send)
+                return
+            app_answering = True
+            await send(message)
+
+        try:
+            await self.app(scope, read, answer)
+        except Exception:
+            if failure is None or app_answering:
+                raise
+        if failure is not None and not (replaced or app_answering):  # went up unanswered, or swallowed
+            await error_response(failure)(scope, receive, send)
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0  # a malformed length is the HTTP server's to refuse
+    return 0
