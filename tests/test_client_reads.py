@@ -238,3 +238,26 @@ async def test_an_idle_keep_alive_connection_is_uvicorns_to_close(counting) -> N
 
     statuses, after = await asyncio.to_thread(two_requests_then_idle)
     assert statuses == [200, 200] and after == b""
+
+
+async def test_workers_have_both_timeouts(log_dir, tmp_path) -> None:
+    """``serve --workers 2 --fd N``: each spawned worker runs the gateway's HTTP protocol and body
+    reader with the configured timeouts."""
+    config = tmp_path / "workers.yaml"
+    config.write_text(json.dumps({"limits": LIMITS}))
+    (tmp_path / "metrics").mkdir()
+    gateway = await asyncio.to_thread(
+        start_server, "reads-workers-gateway", ["serve", "--config", str(config), "--workers", "2"], log_dir,
+        {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
+    )  # fmt: skip
+    try:
+        await eventually(lambda: gateway.log().count("Application startup complete.") == 2, what="both workers up")
+        half_head = b"POST /v1/agents/echo-agent/run HTTP/1.1\r\nHost: gateway\r\nContent-Ty"
+        stalled_body = _head("/v1/agents/echo-agent/run", "application/json", "stalled-worker", "Content-Length: 100") + b"{"
+        requests = [half_head, stalled_body] * 4  # connections spread over both workers
+        answers = await asyncio.gather(*(asyncio.to_thread(_exchange, gateway.port, [request]) for request in requests))
+        for answer, cut_off in answers:
+            _assert_json_error(answer, 408)
+        print(f"\nworkers: 408 and closed after {', '.join(f'{cut_off:.3f}' for _, cut_off in answers)} s")
+    finally:
+        gateway.stop()

@@ -84,6 +84,8 @@ def test_bad_field_is_named(tmp_path: Path, text: str, named: str) -> None:
         ("GATEWAY_LOCAL__AGENT", "[]", "local.agent"),
         ("GATEWAY_LOCAL", '{"agents": 5}', "local.agents"),
         ("GATEWAY_LOCAL__AGENTS", "not json", "local"),
+        ("GATEWAY_LIMITS__CLIENT_BODY_TIMEOUT_S", "0", "limits.client_body_timeout_s"),
+        ("GATEWAY_LIMITS__CLIENT_HEADER_TIMEOUT_S", "soon", "limits.client_header_timeout_s"),
     ],
 )
 def test_a_bad_env_value_names_its_variable(

@@ -78,14 +78,14 @@ class FastRunPath:
         if not isinstance(target, Remote) or not (is_v1 or form.media_type(content_type) == form.URLENCODED):
             await self.app(scope, receive, send)
             return
+        scope.setdefault("state", {})["entity"] = entity_id
+        scope["route"] = _ROUTE_TEMPLATES[(is_v1, kind)]  # the same labels as the routes' own
         try:
             body = await _read_body(receive)
         except ClientError as error:  # too large, incomplete, too slow: never forwarded
             await error_response(error)(scope, receive, send)
             return
         replay = _replaying(body, receive)
-        scope.setdefault("state", {})["entity"] = entity_id
-        scope["route"] = _ROUTE_TEMPLATES[(is_v1, kind)]  # the same labels as the routes' own
         try:
             prepared = _prepare_v1(body) if is_v1 else _prepare_form(body, content_type)
         except BadRequest as refused:  # an id too long, a form Starlette refuses: no upstream sees it
