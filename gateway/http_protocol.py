@@ -75,8 +75,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
             return
         if self._head_begun:
-            timeout = f"{self.header_timeout_s:g}"
-            self.transport.write(self._raw_answer(RequestTimeout(f"Request header timeout: not complete after {timeout} s")))
+            detail = f"Request header timeout: not complete after {self.header_timeout_s:g} s"
+            self.transport.write(self._raw_answer(RequestTimeout(detail)))
         self.transport.close()
 
     def _raw_answer(self, error: GatewayError) -> bytes:

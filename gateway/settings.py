@@ -186,7 +186,7 @@ class LimitSettings(Strict):
     max_concurrent_runs: int = Field(1000, ge=1, description="runs at once, stream or not; beyond: 503")
     max_streams: int = Field(1000, ge=1, description="streamed runs at once; beyond: 503")
     client_header_timeout_s: float = Field(
-        30.0, gt=0, description="a request head not complete this long after its first byte (or the connection) gets 408"
+        30.0, gt=0, description="a request head not whole this long after its first byte (or the connection) gets 408"
     )
     client_body_timeout_s: float = Field(
         30.0, gt=0, description="a request body with nothing new for this long between two reads gets 408"

@@ -33,7 +33,8 @@ MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
 
 def _multipart(fields: Dict[str, str]) -> bytes:
-    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n' for name, value in fields.items()]
+    disposition = "Content-Disposition: form-data; name="
+    parts = [f'--{BOUNDARY}\r\n{disposition}"{name}"\r\n\r\n{value}\r\n' for name, value in fields.items()]
     return ("".join(parts) + f"--{BOUNDARY}--\r\n").encode()
 
 
@@ -119,7 +120,8 @@ def _early_end(framing: str, path: str, content_type: str, body: bytes, request_
 async def _assert_nothing_forwarded(gateway: Server, upstream: FaultyUpstream, runs_before: int, request_id: str) -> None:
     """The request with ``request_id`` is over (its access log line is written, after anything it
     would have forwarded); a whole run sent after it reaches the upstream, and it alone."""
-    await eventually(lambda: f'"request_id":"{request_id}"' in gateway.log(), what=f"the access log line of {request_id}")
+    line = f'"request_id":"{request_id}"'
+    await eventually(lambda: line in gateway.log(), what=f"the access log line of {request_id}")
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
         control = await client.post("/v1/agents/echo-agent/run", json={"input": "fine control"})
     assert control.status_code == 200, control.text
@@ -147,7 +149,7 @@ async def test_a_body_that_stops_coming_gets_408_and_the_connection_is_closed(co
     path, content_type, body = RUNS[run]
     request = _head(path, content_type, request_id, "Content-Length: 100") + body[:1]
     answer, cut_off = await asyncio.to_thread(_exchange, gateway.port, [request])
-    print(f"\nclient_body_timeout {BODY_TIMEOUT_S} s, {run}: 408 and the connection closed {cut_off:.3f} s after the last byte")
+    print(f"\nclient_body_timeout {BODY_TIMEOUT_S} s, {run}: 408 and closed {cut_off:.3f} s after the last byte")
     _assert_json_error(answer, 408)
     await _assert_nothing_forwarded(gateway, upstream, runs_before, request_id)
 
@@ -157,7 +159,7 @@ async def test_the_body_timeout_of_a_route_that_parses_json_is_408(local_gateway
     reader's own answer goes out instead."""
     request = _head("/v1/agents/echo-agent/run", "application/json", "stalled-local", "Content-Length: 100") + b"{"
     answer, cut_off = await asyncio.to_thread(_exchange, local_gateway.port, [request])
-    print(f"\nclient_body_timeout {BODY_TIMEOUT_S} s, json (FastAPI route): 408 and closed {cut_off:.3f} s after the last byte")
+    print(f"\nclient_body_timeout {BODY_TIMEOUT_S} s, json (a FastAPI route): 408 and closed {cut_off:.3f} s after it")
     _assert_json_error(answer, 408)
 
 
@@ -167,8 +169,8 @@ async def test_the_body_timeout_of_a_route_that_parses_json_is_408(local_gateway
 async def test_a_head_that_stops_coming_gets_408_and_the_connection_is_closed(counting, sent: bytes) -> None:
     gateway, _ = counting
     answer, cut_off = await asyncio.to_thread(_exchange, gateway.port, [sent])
-    what = "408 and the connection closed" if sent else "the connection closed"
-    print(f"\nclient_header_timeout {HEADER_TIMEOUT_S} s, {'half a head' if sent else 'no byte'}: {what} {cut_off:.3f} s after connecting/the last byte")
+    what = "half a head: 408 and the connection closed" if sent else "no byte: the connection closed"
+    print(f"\nclient_header_timeout {HEADER_TIMEOUT_S} s, {what} {cut_off:.3f} s after the last byte (or connecting)")
     if sent:
         _assert_json_error(answer, 408)
     else:
@@ -180,7 +182,7 @@ async def test_a_body_sent_slowly_but_steadily_is_served(counting) -> None:
     is between two reads, not for the whole body."""
     gateway, _ = counting
     body = b"message=fine+sent+in+pieces&stream=false"
-    head = _head("/agents/echo-agent/runs", "application/x-www-form-urlencoded", "steady", f"Content-Length: {len(body)}")
+    head = _head("/agents/echo-agent/runs", RUNS["form (fast path)"][1], "steady", f"Content-Length: {len(body)}")
     pieces = [head, *(body[start : start + 4] for start in range(0, len(body), 4))]
     gap_s = BODY_TIMEOUT_S / 5
     assert gap_s * (len(pieces) - 1) > BODY_TIMEOUT_S
@@ -253,7 +255,7 @@ async def test_workers_have_both_timeouts(log_dir, tmp_path) -> None:
     try:
         await eventually(lambda: gateway.log().count("Application startup complete.") == 2, what="both workers up")
         half_head = b"POST /v1/agents/echo-agent/run HTTP/1.1\r\nHost: gateway\r\nContent-Ty"
-        stalled_body = _head("/v1/agents/echo-agent/run", "application/json", "stalled-worker", "Content-Length: 100") + b"{"
+        stalled_body = _head("/v1/agents/echo-agent/run", "application/json", "stalled", "Content-Length: 100") + b"{"
         requests = [half_head, stalled_body] * 4  # connections spread over both workers
         answers = await asyncio.gather(*(asyncio.to_thread(_exchange, gateway.port, [request]) for request in requests))
         for answer, cut_off in answers:
