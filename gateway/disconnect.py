@@ -12,7 +12,7 @@ from typing import Any, Awaitable, TypeVar
 from starlette.requests import Request
 from starlette.types import Receive
 
-from gateway.errors import ClientGone
+from gateway.errors import ClientError, ClientGone
 
 T = TypeVar("T")
 
@@ -33,8 +33,14 @@ class CancelOnDisconnect:
         return self
 
     async def _watch(self) -> None:
-        # The body is already read, so the next receive() blocks until the client is gone.
-        while (await self.receive())["type"] != "http.disconnect":
+        # The body is usually read already, so the next receive() blocks until the client is
+        # gone. A route that forwards without reading it may see the body reader fail instead
+        # (too slow, incomplete): the work ends as if the client had left, and the body reader
+        # answers its failure (408, 400).
+        try:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+        except ClientError:
             pass
         self.gone = True
         self.task.cancel()

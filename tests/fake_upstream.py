@@ -71,7 +71,7 @@ class FaultyUpstream:
                 elif b"flood" in body:
                     await self._flood(writer)
                     break
-                elif b"hold" in body:  # no answer until the gateway closes the connection
+                elif b"hold" in body or b"hold" in path:  # no answer until the gateway closes the connection
                     await reader.read()
                     break
                 elif b"busy" in body:

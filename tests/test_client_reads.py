@@ -154,6 +154,17 @@ async def test_a_body_that_stops_coming_gets_408_and_the_connection_is_closed(co
     await _assert_nothing_forwarded(gateway, upstream, runs_before, request_id)
 
 
+async def test_a_stalled_body_on_a_route_that_does_not_read_it_is_408_too(counting) -> None:
+    """The run read-back route forwards without reading a body: the body reader's timeout then
+    comes through the client watch, ends the wait for the upstream (which never answers) and is
+    the answer."""
+    gateway, _ = counting
+    request = _head("/agents/echo-agent/runs?session_id=hold", "application/json", "stalled-get", "Content-Length: 100")
+    answer, _ = await asyncio.to_thread(_exchange, gateway.port, [request.replace(b"POST ", b"GET ", 1) + b"{"])
+    _assert_json_error(answer, 408)
+    assert "was never retrieved" not in gateway.log()
+
+
 async def test_the_body_timeout_of_a_route_that_parses_json_is_408(local_gateway) -> None:
     """FastAPI makes any error while it parses a body a 400 "error parsing the body": the body
     reader's own answer goes out instead."""
