@@ -267,7 +267,8 @@ class Forwarder:
                 async with upstream.client().post(url, headers=upstream.auth_headers) as answer:
                     await answer.read()
                     return answer.status
-        except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:  # reported, never raised (RuntimeError: a removed upstream)
+        # Reported, never raised (RuntimeError: the upstream was removed meanwhile).
+        except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:
             logger.warning("cancel of run %s on upstream %s failed: %s", run_id, upstream.name, error)
             return 0
 
