@@ -79,6 +79,9 @@ def describe_settings(settings: Settings) -> List[str]:
         f"max_connections_per_upstream={settings.max_connections_per_upstream}",
     ]
     lines += [f"{name}: {_fields(getattr(settings, name))}" for name in SECTIONS]
+    # The origins as the gateway will allow them: AgentOS's defaults are not in the file.
+    origins = " ".join(settings.allowed_origins()) or "(none: no CORS headers)"
+    lines.append(f"cors: cors_defaults={_value(settings.cors_defaults)} allowed origins: {origins}")
     for kind in EntityKind:
         paths = getattr(settings.local, kind.path)
         lines.append(f"local.{kind.path}: {', '.join(paths) if paths else '(none)'}")

@@ -231,7 +231,12 @@ class Settings(BaseSettings):
         False, description="send the client's Authorization to upstreams (agno JWT auth) instead of their keys"
     )
     limits: LimitSettings = Field(default_factory=LimitSettings)
-    cors_origins: List[str] = Field(default_factory=list, description="origins allowed by CORS; none: no CORS")
+    cors_origins: List[str] = Field(
+        default_factory=list, description="origins allowed by CORS, added to AgentOS's defaults (cors_defaults)"
+    )
+    cors_defaults: bool = Field(
+        True, description="allow AgentOS's default origins (agno's Agent UI on localhost:3000, os.agno.com, ...)"
+    )
     access_log: bool = Field(True, description="one JSON line per request on stdout")
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     admin_key: Optional[str] = Field(
@@ -246,6 +251,12 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"upstream names must be unique: {', '.join(duplicates)}")
         return upstreams
+
+    def allowed_origins(self) -> List[str]:
+        """The origins CORS allows: AgentOS's defaults (unless ``cors_defaults: false``), then
+        ``cors_origins``, each once. Empty: no CORS headers at all."""
+        defaults = agentos_default_origins() if self.cors_defaults else []
+        return list(dict.fromkeys([*defaults, *self.cors_origins]))
 
     @classmethod
     def settings_customise_sources(
@@ -275,6 +286,17 @@ def load_settings(path: Optional[os.PathLike[str] | str] = None) -> Settings:
         raise ConfigError(_describe(error, otherwise=otherwise, values=values)) from None
     except SettingsError as error:  # an env value that is not JSON where JSON is needed
         raise ConfigError(_describe_unparsable(error)) from None
+
+
+def agentos_default_origins() -> List[str]:
+    """The origins an AgentOS allows by default: agno's own list, read from agno (the validator
+    that fills ``agno.os.settings.AgnoAPISettings.cors_origin_list`` when nothing is given), so
+    agno's UIs reach the gateway exactly where they reach an AgentOS, and an agno upgrade that
+    changes the list changes it here too. Called directly rather than by building
+    ``AgnoAPISettings()``, which would also read AgentOS's own environment variables."""
+    from agno.os.settings import AgnoAPISettings
+
+    return list(AgnoAPISettings.set_cors_origin_list(None))
 
 
 UPSTREAM_ENV_FIELDS = ("url", "weight", "api_key")

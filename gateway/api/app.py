@@ -87,10 +87,17 @@ def create_app(
     # Outermost last: every answer, refusals included, gets a request id, a metric and a log line.
     app.add_middleware(FastRunPath, directory=services.directory, forwarder=forwarder, limiter=services.limiter)
     app.add_middleware(AuthMiddleware, keyring=services.keyring)
-    if settings.cors_origins:
+    origins = settings.allowed_origins()
+    if origins:
+        # As AgentOS sets it up (agno/os/utils.py, update_cors_middleware): any method and header,
+        # credentials allowed, so agno's UIs work against the gateway as against an AgentOS. Inside
+        # the body reader, outside auth: a preflight is answered without a key, and a 401 carries
+        # the CORS headers the browser needs to show it. "*" exposes every header to requests
+        # without credentials (as AgentOS); browsers read it literally for requests with them,
+        # hence the gateway's own headers by name too.
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
-            expose_headers=["x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER],
+            CORSMiddleware, allow_origins=origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["*", "x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER],
         )  # fmt: skip
     app.add_middleware(
         BodyReaderMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.limits.client_body_timeout_s
