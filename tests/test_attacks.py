@@ -181,7 +181,9 @@ async def test_a_run_id_from_a_body_reaches_the_cancel_url_as_one_encoded_segmen
         # the cancel route's own run id, sent encoded by the client: one segment, or no route
         before = len(upstream.paths)
         answer = await client.post(f"/agents/echo-agent/runs/{quote(run_id, safe='')}/cancel")
-        if "/" in run_id or run_id == "..":  # the path has other segments once decoded: no route
+        if "/" in run_id:  # an encoded slash: refused before any routing (400)
+            assert answer.status_code == 400 and upstream.paths[before:] == [], answer.text
+        elif run_id == "..":  # the client resolved the dot segment itself: no such route
             assert answer.status_code == 404 and upstream.paths[before:] == [], answer.text
         else:
             assert answer.status_code == 200, answer.text
