@@ -186,10 +186,14 @@ def build_upstream_app(name: str, db_url: Optional[str]) -> Any:
 
     from gateway.demo import build_demo, open_db
 
-    demo = build_demo(instance=name, db=open_db(db_url))
+    db = open_db(db_url)
+    demo = build_demo(instance=name, db=db)
     agent_os = AgentOS(
         id=name,
         name=name,
+        # With a database of its own, AgentOS serves its db-backed families too (components,
+        # approvals, schedules); without one they answer 503.
+        db=db if db_url else None,
         agents=[demo.agent],
         teams=[demo.team],
         workflows=[demo.workflow],

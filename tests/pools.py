@@ -19,11 +19,17 @@ ADMIN_KEY = "test-admin-key-0123456789"
 _INSTANCE = re.compile(r"\[instance=(?P<name>\S+) history=(?P<history>\d+)\]")
 
 
-def start_upstreams(names: Sequence[str], log_dir: Path, *, db_dir: Optional[Path] = None) -> List[Server]:
+def start_upstreams(
+    names: Sequence[str], log_dir: Path, *, db_dir: Optional[Path] = None, shared_db: Optional[Path] = None
+) -> List[Server]:
+    """Upstreams with in-memory storage; each with its own SQLite file in ``db_dir``; or all with
+    the one SQLite file ``shared_db`` (the deployment where every upstream sees every session)."""
     servers = []
     for name in names:
         args = ["upstream", "--name", name]
-        if db_dir is not None:
+        if shared_db is not None:
+            args += ["--db", f"sqlite:///{shared_db}"]
+        elif db_dir is not None:
             args += ["--db", f"sqlite:///{db_dir / (name + '.db')}"]
         servers.append(start_server(name, args, log_dir))
     return servers

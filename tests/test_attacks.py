@@ -181,7 +181,9 @@ async def test_a_run_id_from_a_body_reaches_the_cancel_url_as_one_encoded_segmen
         # the cancel route's own run id, sent encoded by the client: one segment, or no route
         before = len(upstream.paths)
         answer = await client.post(f"/agents/echo-agent/runs/{quote(run_id, safe='')}/cancel")
-        if "/" in run_id or run_id == "..":  # the path has other segments once decoded: no route
+        if "/" in run_id:  # an encoded slash: refused before any routing (400)
+            assert answer.status_code == 400 and upstream.paths[before:] == [], answer.text
+        elif run_id == "..":  # the client resolved the dot segment itself: no such route
             assert answer.status_code == 404 and upstream.paths[before:] == [], answer.text
         else:
             assert answer.status_code == 200, answer.text
@@ -223,3 +225,24 @@ async def test_megabyte_ids_are_refused_and_leave_no_trace(recording) -> None:
         assert upstream.paths[paths_before:] == [] and await _remembered_runs(client) == remembered_before
     print(f"10 form runs with 1 MB ids: 400 each; gateway RSS {rss_before:.1f} -> {rss_after:.1f} MiB")
     assert rss_after - rss_before < 8, (rss_before, rss_after)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/sessions/x/../../memories", "/sessions/x/%2e%2e/%2e%2e/config", "/sessions/x/%2E%2E/%2e%2E/config",
+     "/memories/a%2fb", "/memories/a%2Fb", "/memories/a%5cb", "/memories/%00", "/memories/a%00b", "/traces/./x"],
+)  # fmt: skip
+async def test_dot_segments_encoded_slashes_and_nuls_never_reach_an_upstream(recording, path: str) -> None:
+    gateway, upstream = recording
+    before = len(upstream.paths)
+    for method in ("GET", "DELETE"):
+        answer = await asyncio.to_thread(
+            _raw_request, gateway.port, f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert _status(answer) == 400 and b'"detail"' in answer, answer[:300]
+    # a request that does reach it afterwards shows the ones before never did
+    reached = await asyncio.to_thread(
+        _raw_request, gateway.port, b"GET /memories/a%3Fb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert _status(reached) == 502  # the recording upstream cuts its answer short
+    assert upstream.paths[before:] == ["/memories/a%3Fb"]

@@ -22,6 +22,7 @@ from gateway.api.errors import install as install_error_handlers
 from gateway.api.fast_path import FastRunPath
 from gateway.api.services import Services
 from gateway.api.observe import ObserveMiddleware
+from gateway.api import passthrough
 from gateway.api.catalog import catalog_router
 from gateway.api.runs import runs_router
 from gateway.api.sessions import sessions_router
@@ -127,6 +128,8 @@ def create_app(
     app.include_router(catalog_router(settings, registry, services.directory, forwarder))
     app.include_router(sessions_router(services.directory, forwarder))
     app.include_router(admin_router(settings, services))
+    # What none of the routes above matches: the rest of AgentOS, through the route table.
+    passthrough.install(app, services.directory, forwarder, services.limiter)
     return app
 
 

@@ -6,7 +6,8 @@
 * 401 ``{"detail": ...}`` with AgentOS's own texts; ``/health``, ``/ready``, ``/metrics`` and the
   docs stay open; ``/admin`` has its own key.
 * A key with ``entities`` may only touch those ids (403 otherwise) and not the session routes,
-  which are not scoped to an entity.
+  nor the other families of the route table that belong to no agent, team or workflow (memories,
+  traces, evals, ...): none is scoped to an entity.
 * A key with ``rate_per_s`` gets a token bucket (``burst`` deep): 429 with ``Retry-After``.
 """
 
@@ -22,6 +23,7 @@ from typing import Callable, Dict, FrozenSet, Optional, Sequence, Tuple
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.errors import error_response
+from gateway.api.route_table import TABLE
 from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthorized
 from gateway.settings import ApiKey
 
@@ -122,6 +124,8 @@ class AuthMiddleware:
             entity = entity_of(path)
             if entity is None and (path.startswith("/sessions") or path == "/sessions"):
                 return Forbidden(f"Key {key.name!r} may not use the session routes")
+            if entity is None and _entity_free(scope["method"], path):
+                return Forbidden(f"Key {key.name!r} may not use the {path.split('/')[1]} routes")
             if entity is not None and entity[1] not in key.entities:
                 return Forbidden(f"Key {key.name!r} may not use {entity[0]} {entity[1]!r}")
         if key.bucket is not None:
@@ -129,6 +133,14 @@ class AuthMiddleware:
             if wait_s:
                 return RateLimited("Too many requests", retry_after_s=wait_s)
         return None
+
+
+def _entity_free(method: str, path: str) -> bool:
+    """Whether a path is one of the route table's families that no agent, team or workflow owns
+    (the catalog's own routes, ``/config`` and the listings, stay open to every key)."""
+    matched = TABLE.match(method, path)
+    route = matched.route if matched is not None else None
+    return route is not None and not route.own_handler and not route.runnable_entity
 
 
 def _token(scope: Scope) -> Optional[bytes]:

@@ -8,6 +8,9 @@ A pure ASGI middleware (no per-request dependency injection): it reads what the 
 * W3C ``traceparent``: the upstream gets the client's trace id with this hop's own span id, or a
   new trace when the client sent none (or a malformed one).
 * Request headers over ``max_header_bytes`` get 431 here (this pass reads the headers anyway).
+* A path with a dot segment (``.``, ``..``, raw or ``%2e``-encoded), an encoded slash (``%2f``,
+  ``%5c``) or a NUL (raw or ``%00``) gets 400 here, before any routing: no upstream ever sees it
+  (``path_problem``, on the undecoded ``raw_path``).
 * An unhandled error becomes AgentOS's JSON answer here, so it carries a request id too.
 * Access log: one JSON line per request on stdout (``gateway.logs.AccessLogWriter``): request id,
   method, route, kind, entity, upstream, status, duration, retries. Never bodies or credentials.
@@ -26,6 +29,8 @@ from typing import Any, Dict, Optional, Tuple
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
+from gateway.api.errors import error_response
+from gateway.errors import BadRequest
 from gateway.logs import AccessLogWriter
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,24 @@ def new_traceparent(incoming: Optional[str], randomness: Optional[str] = None) -
     trace_id = match.group(1) if match and match.group(1) != "0" * 32 else randomness[:32]
     flags = match.group(3) if match else "01"
     return f"00-{trace_id}-{randomness[32:48]}-{flags}"
+
+
+def path_problem(raw: bytes) -> Optional[str]:
+    """What is wrong with an undecoded request path, or None. Cheap for the common path (no
+    ``%``, no ``.``, no NUL: three byte searches)."""
+    if b"%" in raw:
+        lowered = raw.lower()
+        if b"%2f" in lowered or b"%5c" in lowered:
+            return "Invalid path: encoded slash"
+        if b"%00" in lowered:
+            return "Invalid path: NUL"
+        if b"%2e" in lowered:
+            raw = lowered.replace(b"%2e", b".")
+    if b"\x00" in raw:
+        return "Invalid path: NUL"
+    if b"." in raw and any(part in (b".", b"..") for part in raw.split(b"/")):
+        return "Invalid path: dot segment"
+    return None
 
 
 def _route_labels(scope: Scope) -> Tuple[str, str]:
@@ -107,6 +130,8 @@ class ObserveMiddleware:
             if header_bytes > self.max_header_bytes:  # checked here, in the one pass over the headers
                 status, body = 431, json.dumps({"detail": f"Request headers larger than {self.max_header_bytes} bytes"}).encode()
                 await _send_json(send_observed, status, body)
+            elif (problem := path_problem(scope.get("raw_path") or scope["path"].encode())) is not None:
+                await error_response(BadRequest(problem))(scope, receive, send_observed)
             else:
                 await self.app(scope, receive, send_observed)
         except Exception as error:

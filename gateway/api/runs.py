@@ -3,6 +3,7 @@
 * ``POST /v1/{kind}/{id}/run``: JSON in; for an upstream it becomes the AgentOS form.
 * AgentOS's own ``POST /{kind}/{id}/runs`` (form or multipart), ``.../runs/{run_id}/cancel``,
   ``.../runs/{run_id}/continue``, and the run read-back routes, passed through to upstreams.
+  A run and a continue hold a ``Limiter`` slot until their answer has been sent.
 
 Every run gets its session id and run id here, before an upstream is chosen: the session id
 decides the upstream (affinity), the run id lets a cancel find it.
@@ -220,15 +221,18 @@ def _add_kind_routes(
             # AgentOS answers a workflow continue without one with a 500 ("No session_id
             # provided"), which would count against the upstream: the caller's error, said here.
             raise Unprocessable(SESSION_ID_MISSING["detail"])
-        choice = _choice_for_run(fwd, target, run_id, session_id)
+        stream = _form_bool(form, "stream", True)
         outgoing = Outgoing(
             "POST",
             f"/{kind.path}/{segment(entity_id)}/runs/{segment(run_id)}/continue",
             body=await request.body(),
-            expects_stream=_form_bool(form, "stream", True),
+            expects_stream=stream,
         )
         run = RunInfo(kind, entity_id, run_id, session_id)
-        return await fwd.forward(request, choice, outgoing, run=run)
+        # A continue runs the model again: a run slot (and a stream slot), as a run takes.
+        return await limiter.run(
+            stream, lambda: fwd.forward(request, _choice_for_run(fwd, target, run_id, session_id), outgoing, run=run)
+        )
 
     async def read_runs(entity_id: str, request: Request, run_id: Optional[str] = None) -> Response:
         target = resolve(directory, kind, entity_id, request)
