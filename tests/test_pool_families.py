@@ -1,8 +1,8 @@
 """AgentOS's families beyond runs and sessions (memories, evals, traces, info, registry,
 components, approvals, schedules, learnings, knowledge, checkpoints, background runs and their
-resume) through a pool
-gateway in front of two upstreams sharing one SQLite file, each answer compared with the same
-request sent straight to an upstream (the oracle); and the limits on what runs."""
+resume) through a pool gateway in front of two upstreams sharing one SQLite file, each answer
+compared with the same request sent straight to an upstream (the oracle); and the limits on what
+runs."""
 
 from __future__ import annotations
 
