@@ -1,7 +1,8 @@
 """Passing an upstream's SSE stream to the client as it comes (``StreamRelay``).
 
 * Backpressure: the next chunk is read only after the client took the last one.
-* Client gone: the upstream connection is closed, which AgentOS reads as a cancel.
+* Client gone: the upstream connection is closed, which AgentOS reads as a cancel, except for a
+  background run: AgentOS runs that in a task of its own, which goes on (``/resume`` reads it).
 * Upstream silent for ``keepalive_s``: an SSE comment, which every reader skips.
 * Upstream cut short, silent past ``stream_idle_s``, or past the whole-run deadline: one in-band
   error event of the run's kind ends the stream, unless the run already ended.
@@ -50,9 +51,11 @@ class StreamRelay(Response):
         settings: Settings,
         started_at: float,
         run_labels: Optional[Tuple[str, str]] = None,
+        background: bool = False,
     ) -> None:
         self.opened = opened
         self.run_labels = run_labels  # (kind, entity) of the run, for its metrics
+        self.run_background = background  # a run its client's leaving does not end
         self.status_code = opened.response.status
         self.background = None
         self.raw_headers = [
@@ -76,11 +79,11 @@ class StreamRelay(Response):
             pass  # a stream that had ended keeps its outcome
         finally:
             # Closing (not releasing) drops the connection: if the run is still going, AgentOS
-            # sees its client leave and cancels it.
+            # sees its client leave and cancels it (a background run goes on, on purpose).
             opened.response.close()
             opened.flight.finish(outcome)
             metrics.ACTIVE_STREAMS.dec()
-            self._record_run(client_left=outcome is None and not self.cut)
+            self._record_run(client_left=outcome is None and not self.cut and not self.run_background)
 
     def _record_run(self, *, client_left: bool) -> None:
         if self.run_labels is None:

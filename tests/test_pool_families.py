@@ -1,7 +1,8 @@
 """AgentOS's families beyond runs and sessions (memories, evals, traces, info, registry,
-components, approvals, schedules, learnings, knowledge, checkpoints, resume) through a pool
-gateway in front of two upstreams sharing one SQLite file, each answer compared with the same
-request sent straight to an upstream (the oracle); and the limits on what runs."""
+components, approvals, schedules, learnings, knowledge, checkpoints, background runs and their
+resume) through a pool gateway in front of two upstreams sharing one SQLite file, each answer
+compared with the same request sent straight to an upstream (the oracle); and the limits on what
+runs."""
 
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ def shared_upstreams(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def families_gateway(log_dir: Path, shared_upstreams: List[Server]) -> Iterator[Server]:
     server = start_gateway("families-gateway", gateway_config(shared_upstreams), log_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def replica_gateway(log_dir: Path, shared_upstreams: List[Server]) -> Iterator[Server]:
+    """A second gateway with the same configuration: it has no record of the first one's runs."""
+    server = start_gateway("families-replica-gateway", gateway_config(shared_upstreams), log_dir)
     yield server
     server.stop()
 
@@ -138,6 +147,100 @@ async def test_resume_of_a_background_run_reaches_its_owner(families_gateway, sh
     assert resumed.status_code == 200 and resumed.headers["x-agentos-gateway-upstream"] == owner.name
     assert _events(resumed.text) == _events(direct.text)
     assert _events(resumed.text)[-1][0] == "RunCompleted" and len(_events(resumed.text)) > 2
+
+
+async def _stored_status(upstream: Server, run_id: str, session_id: str) -> Optional[str]:
+    """The run's status as its upstream's own API reads it back (None until it is stored)."""
+    async with httpx.AsyncClient(base_url=upstream.url, timeout=10) as client:
+        answer = await client.get(f"/agents/echo-agent/runs/{run_id}", params={"session_id": session_id})
+    return answer.json().get("status") if answer.status_code == 200 else None
+
+
+async def _ended(upstream: Server, run_id: str, session_id: str) -> str:
+    async def ended() -> Optional[str]:
+        status = await _stored_status(upstream, run_id, session_id)
+        return status if status not in (None, "PENDING", "RUNNING") else None
+
+    return await eventually_async(ended, timeout=30, what=f"run {run_id} ended on {upstream.name}")
+
+
+async def test_a_v1_background_run_answers_202_and_completes(families_gateway) -> None:
+    session_id = f"background-{uuid.uuid4()}"
+    async with httpx.AsyncClient(base_url=families_gateway.url, timeout=30) as client:
+        started = await client.post(
+            "/v1/agents/echo-agent/run", json={"input": "slow: a b c", "background": True, "session_id": session_id}
+        )
+        assert started.status_code == 202, started.text
+        assert started.json()["status"] == "PENDING" and started.json()["session_id"] == session_id
+        run_id = started.json()["run_id"]
+
+        async def completed() -> Optional[Dict[str, Any]]:
+            answer = await client.get(f"/agents/echo-agent/runs/{run_id}", params={"session_id": session_id})
+            return answer.json() if answer.status_code == 200 and answer.json().get("status") == "COMPLETED" else None
+
+        run = await eventually_async(completed, timeout=30, what="the background run completed")
+    assert "a b c" in run["content"]
+
+
+async def test_a_local_background_run_is_refused_with_a_reason(gateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        refused = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "background": True})
+        native = await client.post("/agents/echo-agent/runs", data={"message": "hi", "background": "true"})
+    for answer in (refused, native):
+        assert answer.status_code == 422, answer.text
+        assert "background" in answer.text and "outlives the request" in answer.text
+
+
+async def _leave_after_first_events(gateway: Server, body: Dict[str, Any]) -> Tuple[str, int]:
+    """Start a streamed run, read until two events with an index (or any two), then leave:
+    (the upstream that runs it, the last event index read, -1 if none)."""
+    import json
+
+    seen: List[int] = []
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+        async with client.stream("POST", "/v1/agents/echo-agent/run", json=body) as stream:
+            assert stream.status_code == 200
+            upstream = stream.headers["x-agentos-gateway-upstream"]
+            async with asyncio.timeout(30):
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[6:]).get("event_index", -1))
+                        if len(seen) == 2:
+                            break  # and leave: the connection closes with the block
+    return upstream, seen[-1]
+
+
+@pytest.mark.parametrize("background", [True, False])
+async def test_a_client_leaving_cancels_only_a_run_that_is_not_in_the_background(
+    families_gateway, shared_upstreams, background: bool
+) -> None:
+    session_id, run_id = f"leave-{uuid.uuid4()}", str(uuid.uuid4())
+    body = {"input": "slow: a b c d e f", "stream": True, "background": background, "session_id": session_id, "run_id": run_id}
+    name, last_index = await _leave_after_first_events(families_gateway, body)
+    owner = _by_name(shared_upstreams, name)
+    assert await _ended(owner, run_id, session_id) == ("COMPLETED" if background else "CANCELLED")
+    if background:
+        assert last_index >= 0  # a background stream's events carry their index
+
+
+async def test_a_background_stream_is_resumed_through_another_gateway(
+    families_gateway, replica_gateway, shared_upstreams
+) -> None:
+    session_id, run_id = f"replica-{uuid.uuid4()}", str(uuid.uuid4())
+    body = {"input": "slow: a b c d e f", "stream": True, "background": True, "session_id": session_id, "run_id": run_id}
+    name, last_index = await _leave_after_first_events(families_gateway, body)
+    owner = _by_name(shared_upstreams, name)
+    assert await _ended(owner, run_id, session_id) == "COMPLETED"  # no cancel reached it
+    resumed, direct = await _both(
+        replica_gateway, owner, "POST", f"/agents/echo-agent/runs/{run_id}/resume",
+        data={"last_event_index": str(last_index), "session_id": session_id},
+    )  # fmt: skip
+    assert resumed.status_code == 200 and resumed.headers["x-agentos-gateway-upstream"] == owner.name, resumed.text
+    events = _events(resumed.text)
+    assert events == _events(direct.text)
+    indexed = [index for _, index in events if index is not None]
+    assert indexed == list(range(last_index + 1, last_index + 1 + len(indexed))) and indexed  # the missed ones, all
+    assert events[-1][0] == "RunCompleted"
 
 
 async def test_agentos_client_reads_the_families_as_from_an_upstream(families_gateway, shared_upstreams) -> None:

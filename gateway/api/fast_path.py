@@ -25,7 +25,7 @@ from gateway.api.body_reader import INCOMPLETE
 from gateway.api.errors import error_response
 from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, new_uuid, with_form_fields
 from gateway.api.limits import Limiter
-from gateway.api.runs import JSON_OBJECT_FIELDS
+from gateway.api.runs import JSON_OBJECT_FIELDS, is_background
 from gateway.api.schemas import RunRequest
 from gateway.errors import BadRequest, Busy, ClientError, IncompleteBody
 from gateway.sender import Outgoing
@@ -94,7 +94,7 @@ class FastRunPath:
         if prepared is None:  # the routes answer it, as they answer every malformed request
             await self.app(scope, replay, send)
             return
-        outgoing_body, session_id, session_is_new, run_id, stream = prepared
+        outgoing_body, session_id, session_is_new, run_id, stream, background = prepared
         outgoing = Outgoing(
             "POST",
             f"/{kind.path}/{entity_id}/runs",
@@ -110,13 +110,13 @@ class FastRunPath:
         try:
             request = Request(scope, replay)
             choice = self.forwarder.choose(target.upstreams, session_id, session_is_new=session_is_new)
-            response = await self.forwarder.forward(request, choice, outgoing, run=RunInfo(kind, entity_id, run_id, session_id))
+            response = await self.forwarder.forward(request, choice, outgoing, run=RunInfo(kind, entity_id, run_id, session_id, background=background))
             await response(scope, replay, send)
         finally:
             release()
 
 
-def _prepare_v1(body: bytes) -> Optional[Tuple[bytes, str, bool, str, bool]]:
+def _prepare_v1(body: bytes) -> Optional[Tuple[bytes, str, bool, str, bool, bool]]:
     try:
         request = RunRequest.model_validate_json(body)
     except (ValidationError, ValueError):
@@ -127,13 +127,13 @@ def _prepare_v1(body: bytes) -> Optional[Tuple[bytes, str, bool, str, bool]]:
     session_id, session_is_new = new_session(data.get("session_id"))
     run_id = data.get("run_id") or new_uuid()
     data.update(session_id=session_id, run_id=run_id)
-    return form_body(v1_json_to_form(data)), session_id, session_is_new, run_id, request.stream
+    return form_body(v1_json_to_form(data)), session_id, session_is_new, run_id, request.stream, bool(request.background)
 
 
-_WANTED_FIELDS = frozenset({"message", "stream", "session_id", "run_id", *JSON_OBJECT_FIELDS})
+_WANTED_FIELDS = frozenset({"message", "stream", "background", "session_id", "run_id", *JSON_OBJECT_FIELDS})
 
 
-def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, bool, str, bool]]:
+def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, bool, str, bool, bool]]:
     fields = form.last_values(body, _WANTED_FIELDS)
     stream = form.read_bool(fields.get("stream"), True)
     if stream is None or "message" not in fields or any(name in fields for name in JSON_OBJECT_FIELDS):
@@ -145,7 +145,8 @@ def _prepare_form(body: bytes, content_type: str) -> Optional[Tuple[bytes, str, 
     if session_is_new:
         added["session_id"] = session_id
     run_id = fields.get("run_id") or added.setdefault("run_id", new_uuid())
-    return with_form_fields(body, content_type, added), session_id, session_is_new, run_id, stream
+    background = is_background(fields.get("background"))
+    return with_form_fields(body, content_type, added), session_id, session_is_new, run_id, stream, background
 
 
 def _header(scope: Scope, name: bytes) -> str:

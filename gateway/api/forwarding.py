@@ -79,12 +79,14 @@ def upstream_path(request: Request) -> str:
 @dataclass(frozen=True)
 class RunInfo:
     """What the gateway knows of a run before its first frame: enough to cancel it and to end
-    its stream with an error event of the right kind."""
+    its stream with an error event of the right kind. A background run (AgentOS's ``background``
+    form field) is never cancelled because its client left: it is meant to outlive it."""
 
     kind: EntityKind
     entity_id: str
     run_id: str
     session_id: Optional[str]
+    background: bool = False
 
     @property
     def labels(self) -> Tuple[str, str]:
@@ -191,7 +193,7 @@ class Forwarder:
 
         A client that leaves before the answer closes the upstream request, and a run it started
         is cancelled on that upstream explicitly too (AgentOS does not notice a non-stream
-        client leaving)."""
+        client leaving), unless it is a background run."""
         if not choice.order:
             return error_response(self.unavailable())
         started_at = asyncio.get_running_loop().time()
@@ -219,6 +221,7 @@ class Forwarder:
             return StreamRelay(
                 opened, headers, error_frame=error_frame, settings=self.settings, started_at=started_at,
                 run_labels=run.labels if run is not None else None,
+                background=run is not None and run.background,
             )  # fmt: skip
         body = answer
         flight.finish(Outcome.of_status(status))
@@ -253,7 +256,7 @@ class Forwarder:
     def _client_left(self, flight: Flight, run: Optional[RunInfo]) -> None:
         upstream = flight.upstream
         flight.finish()
-        if run is not None and upstream is not None:
+        if run is not None and upstream is not None and not run.background:
             self.in_background(self.cancel_on(upstream, run.kind, run.entity_id, run.run_id, raw_query=""))
 
     # -- cancel ------------------------------------------------------------------------------------

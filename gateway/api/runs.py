@@ -38,6 +38,12 @@ MESSAGE_MISSING = {"detail": [{"type": "missing", "loc": ["body", "message"], "m
 SESSION_ID_MISSING = {"detail": [{"type": "missing", "loc": ["body", "session_id"], "msg": "Field required", "input": None}]}
 
 
+LOCAL_BACKGROUND = (
+    "background: accepted for upstream entities only; a local run is served within its request, and a "
+    "background run would need a task that outlives the request (and a buffer to resume it from)"
+)
+
+
 def resolve(directory: Directory, kind: EntityKind, entity_id: str, request: Optional[Request] = None) -> Target:
     """Who serves the id; 400 for a malformed id, 404 (AgentOS's text) for an unknown one.
     A served id is noted on the request, for its metrics and log line."""
@@ -124,9 +130,11 @@ async def _local_form_run(request: Request, entity: LocalEntity, form: FormData)
     if any(isinstance(value, UploadFile) for _, value in form.multi_items()):
         raise Unprocessable("file uploads are accepted for upstream entities only")
     kwargs = await get_request_kwargs(request, _agentos_run_fields)  # AgentOS's own decoding
+    if _form_bool(form, "background", False):
+        raise Unprocessable(LOCAL_BACKGROUND)
     refused = sorted(EXECUTION_KEYWORDS & set(kwargs))
-    if refused or _form_bool(form, "background", False):
-        raise Unprocessable(f"not accepted by this API: {', '.join(refused or ['background'])}")
+    if refused:
+        raise Unprocessable(f"not accepted by this API: {', '.join(refused)}")
     params: Dict[str, Any] = {key: value for key, value in kwargs.items() if value is not None}
     params["session_id"] = form.get("session_id") or str(uuid4())
     params["run_id"] = params.get("run_id") or str(uuid4())
@@ -157,6 +165,8 @@ def _add_kind_routes(
 
     async def _v1_run(entity_id: str, body: RunRequest, request: Request, target: Target) -> Response:
         if isinstance(target, LocalEntity):
+            if body.background:
+                raise Unprocessable(LOCAL_BACKGROUND)
             return await run_locally(request, kind, target, body.input, run_params(body), stream=body.stream)
         data = body.model_dump(exclude_none=True)
         session_id, session_is_new = new_session(data.get("session_id"))
@@ -168,7 +178,8 @@ def _add_kind_routes(
             body=form_body(v1_json_to_form(data)),
             expects_stream=body.stream,
         )
-        return await _forward_run(forwarder, request, kind, entity_id, target, outgoing, session_id, session_is_new, data["run_id"])
+        run = RunInfo(kind, entity_id, data["run_id"], session_id, background=bool(body.background))
+        return await _forward_run(forwarder, request, target, outgoing, run, session_is_new)
 
     async def native_run(entity_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
@@ -195,7 +206,8 @@ def _add_kind_routes(
             body=with_form_fields(await request.body(), content_type, added),
             expects_stream=stream,
         )
-        return await _forward_run(forwarder, request, kind, entity_id, target, outgoing, session_id, session_is_new, run_id)
+        run = RunInfo(kind, entity_id, run_id, session_id, background=is_background(form.get("background")))
+        return await _forward_run(forwarder, request, target, outgoing, run, session_is_new)
 
     async def cancel_run(entity_id: str, run_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
@@ -228,7 +240,7 @@ def _add_kind_routes(
             body=await request.body(),
             expects_stream=stream,
         )
-        run = RunInfo(kind, entity_id, run_id, session_id)
+        run = RunInfo(kind, entity_id, run_id, session_id, background=is_background(form.get("background")))
         # A continue runs the model again: a run slot (and a stream slot), as a run takes.
         return await limiter.run(
             stream, lambda: fwd.forward(request, _choice_for_run(fwd, target, run_id, session_id), outgoing, run=run)
@@ -257,12 +269,17 @@ def _add_kind_routes(
 
 
 async def _forward_run(
-    forwarder: Optional[Forwarder], request: Request, kind: EntityKind, entity_id: str, target: Remote,
-    outgoing: Outgoing, session_id: str, session_is_new: bool, run_id: str,
-) -> Response:  # fmt: skip
+    forwarder: Optional[Forwarder], request: Request, target: Remote, outgoing: Outgoing, run: RunInfo, session_is_new: bool
+) -> Response:
     fwd = _forwarder(forwarder)
-    choice = fwd.choose(target.upstreams, session_id, session_is_new=session_is_new)
-    return await fwd.forward(request, choice, outgoing, run=RunInfo(kind, entity_id, run_id, session_id))
+    choice = fwd.choose(target.upstreams, run.session_id, session_is_new=session_is_new)
+    return await fwd.forward(request, choice, outgoing, run=run)
+
+
+def is_background(value: Any) -> bool:
+    """Whether AgentOS runs a run request in the background: its ``background`` form field reads
+    true (anything else is no background run; AgentOS answers a malformed one itself)."""
+    return isinstance(value, str) and wire_form.read_bool(value, False) is True
 
 
 def _choice_for_run(fwd: Forwarder, target: Remote, run_id: Optional[str], session_id: Optional[str]):  # type: ignore[no-untyped-def]

@@ -6,11 +6,9 @@ from typing import Any, Dict, List, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# arun() keywords that change how a run executes, not what it does: a background run would
-# outlive its request (nothing could cancel or read it), the others change the stream's shape.
-EXECUTION_KEYWORDS = frozenset(
-    {"background", "background_tasks", "yield_run_output", "websocket", "enable_websocket", "run_context"}
-)
+# arun() keywords that change how a run executes, not what it does: they change the stream's
+# shape or hand over server objects. ``background`` is a field of its own (upstream entities only).
+EXECUTION_KEYWORDS = frozenset({"background_tasks", "yield_run_output", "websocket", "enable_websocket", "run_context"})
 
 MediaList = Optional[List[Dict[str, Any]]]
 
@@ -25,6 +23,11 @@ class RunRequest(BaseModel):
     stream: bool = Field(False, description="answer as text/event-stream with AgentOS's frames")
     stream_events: Optional[bool] = Field(
         None, description="every event, not only content; default true, as AgentOS's run routes"
+    )
+    background: Optional[bool] = Field(
+        None,
+        description="upstream entities only: AgentOS's background run (202 and PENDING without stream; "
+        "with stream, a run that outlives its client and can be resumed)",
     )
     session_id: Optional[str] = None  # capped by gateway.wire.ids (400 naming it, in UTF-8 bytes)
     user_id: Optional[str] = Field(None, max_length=256)
