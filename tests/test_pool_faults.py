@@ -185,8 +185,9 @@ def restartable(request, log_dir):
     health = {**FAST_HEALTH, "healthy_threshold": 3, "unhealthy_threshold": 1 if seen_down else 1000}
     config = gateway_config(upstreams, health=health, outlier={"consecutive_failures": 2, "base_ejection_s": 120})
     gateway = start_gateway(f"restart-gateway-{request.param}", config, log_dir)
-    yield gateway, {server.name: server for server in upstreams}, seen_down
-    for server in [gateway, *upstreams]:
+    servers = {server.name: server for server in upstreams}
+    yield gateway, servers, seen_down
+    for server in [gateway, *servers.values()]:  # the restarted process, not the killed one
         server.stop()
 
 
