@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("AGNO_TELEMETRY", "false")
 
-from tests.processes import Server, start_server  # noqa: E402
+from tests.processes import Server, left_running, start_server  # noqa: E402
 
 # Every server in the tests answers as this instance, so local and remote answers compare equal.
 INSTANCE = "test-instance"
@@ -64,3 +64,15 @@ def pool_gateway(log_dir: Path, pool_upstreams: list) -> Iterator[Server]:
     server = start_gateway("pool-gateway", gateway_config(pool_upstreams), log_dir)
     yield server
     server.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every fixture stops what it started: a server still running now leaked (it would outlive
+    the run, holding its port and memory). Stopped here, and the run fails naming it."""
+    leaked = left_running()
+    if leaked:
+        names = ", ".join(f"{server.name} (pid {server.process.pid})" for server in leaked)
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line(f"servers left running by the tests, now stopped: {names}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -22,6 +22,9 @@ import httpx
 
 STARTUP_TIMEOUT_S = 60.0
 
+# Every server the tests started, so the session can check at its end that none is left running.
+STARTED: List["Server"] = []
+
 
 @dataclass
 class Server:
@@ -84,6 +87,7 @@ def start_server(
     server = Server(
         name=name, url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path, args=args, env=env or {}
     )
+    STARTED.append(server)
     try:
         httpx.get(f"{server.url}/health", timeout=STARTUP_TIMEOUT_S).raise_for_status()
     except Exception as error:
@@ -110,3 +114,11 @@ def held_connections(port: int) -> int:
             if local_port == port and fields[3] in _HELD_STATES:
                 count += 1
     return count
+
+
+def left_running() -> List[Server]:
+    """Servers started by the tests and still running: a fixture that forgot one. They are stopped."""
+    running = [server for server in STARTED if server.process.poll() is None]
+    for server in running:
+        server.stop()
+    return running
