@@ -229,6 +229,20 @@ class Forwarder:
             metrics.record_run(*run.labels, _run_status(body))
         return Response(body, status_code=status, headers=headers)
 
+    async def first_that_knows(self, request: Request, order: Sequence[str], outgoing: Outgoing) -> Response:
+        """``outgoing`` to the upstreams of ``order`` one by one: the first answer that is not a
+        404 (an id may be stored on one upstream only), else the last 404."""
+        if not order:
+            raise self.unavailable()
+        answer: Optional[Response] = None
+        for name in order:
+            attempt = Outgoing(outgoing.method, outgoing.path, dict(outgoing.headers), outgoing.body, outgoing.expects_stream)
+            answer = await self.forward(request, Choice([name], Affinity.HIT), attempt, with_affinity=False)
+            if answer.status_code != 404:
+                break
+        assert answer is not None
+        return answer
+
     async def _exchange(self, outgoing: Outgoing, choice: Choice, flight: Flight) -> Tuple[Opened, Optional[bytes]]:
         """The upstream's answer: its head, and its whole body unless it is a stream."""
         opened = await self.sender.open(self.order(choice), outgoing, flight)

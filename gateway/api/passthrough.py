@@ -24,7 +24,6 @@ from gateway.api.forwarding import Forwarder, query, segment
 from gateway.api.limits import Limiter
 from gateway.api.route_table import TABLE, Limit, Match, Route, RouteTable, Rule
 from gateway.api.runs import resolve
-from gateway.balancing import Affinity, Choice
 from gateway.errors import GatewayError, NotFound, NotImplementedHere
 from gateway.local import LocalEntity
 from gateway.pool import Upstream
@@ -100,10 +99,10 @@ class Passthrough:
                 return await fwd.forward(request, fwd.choose(owned, None), outgoing, with_affinity=False)
             session_id = request.query_params.get("session_id") or await _form_field(request, "session_id")
             check_id("session_id", session_id)
-            return await _first_that_knows(request, fwd, fwd.choose(upstreams, session_id).order, outgoing)
+            return await fwd.first_that_knows(request, fwd.choose(upstreams, session_id).order, outgoing)
         if route.rule is Rule.SESSION:  # none today: the session routes have their own handlers
             return await fwd.forward(request, fwd.choose(upstreams, params.get("session_id")), outgoing, with_affinity=False)
-        return await _first_that_knows(request, fwd, fwd.choose(upstreams, None).order, outgoing)  # ITEM
+        return await fwd.first_that_knows(request, fwd.choose(upstreams, None).order, outgoing)  # ITEM
 
     def _upstreams(self, request: Request, fwd: Forwarder, route: Route, params: dict) -> List[Upstream]:  # type: ignore[type-arg]
         """The entity's upstreams for an agent's, a team's or a workflow's route; else all."""
@@ -113,20 +112,6 @@ class Passthrough:
                 raise NotImplementedHere(f"{route.template} is served for upstream entities only")
             return target.upstreams
         return list(fwd.pool.upstreams.values())
-
-
-async def _first_that_knows(request: Request, fwd: Forwarder, order: List[str], outgoing: Outgoing) -> Response:
-    """The first answer of the upstreams in ``order`` that is not a 404 (the last 404 else)."""
-    if not order:
-        raise fwd.unavailable()
-    answer: Optional[Response] = None
-    for name in order:
-        attempt = Outgoing(outgoing.method, outgoing.path, dict(outgoing.headers), outgoing.body, outgoing.expects_stream)
-        answer = await fwd.forward(request, Choice([name], Affinity.HIT), attempt, with_affinity=False)
-        if answer.status_code != 404:
-            break
-    assert answer is not None
-    return answer
 
 
 async def _form_field(request: Request, name: str) -> Optional[str]:

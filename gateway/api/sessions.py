@@ -17,7 +17,6 @@ from fastapi.responses import Response
 
 from gateway.api.forwarding import Forwarder, new_session, upstream_path
 from gateway.api.runs import resolve
-from gateway.balancing import Affinity, Choice
 from gateway.pool import Upstream
 from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote
@@ -40,15 +39,7 @@ def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> API
         return list(forwarder.pool.upstreams.values())
 
     async def first_that_knows(request: Request, order: List[str]) -> Response:
-        if not order:
-            raise forwarder.unavailable()
-        answer: Optional[Response] = None
-        for name in order:
-            answer = await forwarder.forward(request, Choice([name], Affinity.HIT), await _outgoing(request), with_affinity=False)
-            if answer.status_code != 404:
-                break
-        assert answer is not None
-        return answer
+        return await forwarder.first_that_knows(request, order, await _outgoing(request))
 
     @router.api_route("/sessions", methods=["GET", "POST", "DELETE"], summary="List, create or delete sessions")
     async def sessions(request: Request) -> Response:
