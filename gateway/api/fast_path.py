@@ -110,7 +110,8 @@ class FastRunPath:
         try:
             request = Request(scope, replay)
             choice = self.forwarder.choose(target.upstreams, session_id, session_is_new=session_is_new)
-            response = await self.forwarder.forward(request, choice, outgoing, run=RunInfo(kind, entity_id, run_id, session_id, background=background))
+            run = RunInfo(kind, entity_id, run_id, session_id, background=background)
+            response = await self.forwarder.forward(request, choice, outgoing, run=run)
             await response(scope, replay, send)
         finally:
             release()
