@@ -26,9 +26,9 @@ from gateway.api.errors import error_response
 from gateway.api.route_table import TABLE
 from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthorized
 from gateway.settings import ApiKey
+from gateway.wire.paths import entity_path
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
-_ENTITY_SEGMENTS = frozenset({"agents", "teams", "workflows"})
 
 
 @dataclass
@@ -63,11 +63,8 @@ class _Key:
 
 def entity_of(path: str) -> Optional[Tuple[str, str]]:
     """(kind segment, id) of an entity-scoped path: ``/v1/agents/x/run``, ``/agents/x/...``."""
-    parts = path.split("/", 5)
-    offset = 2 if len(parts) > 1 and parts[1] == "v1" else 1
-    if len(parts) > offset + 1 and parts[offset] in _ENTITY_SEGMENTS and parts[offset + 1]:
-        return parts[offset], parts[offset + 1]
-    return None
+    matched = entity_path(path)
+    return (matched.kind.path, matched.entity_id) if matched is not None and matched.entity_id else None
 
 
 class Keyring:

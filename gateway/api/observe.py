@@ -32,12 +32,12 @@ from gateway import metrics
 from gateway.api.errors import error_response
 from gateway.errors import BadRequest
 from gateway.logs import AccessLogWriter
+from gateway.wire.paths import entity_path
 
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_KINDS = {"agents": "agent", "teams": "team", "workflows": "workflow"}
 
 
 def new_traceparent(incoming: Optional[str], randomness: Optional[str] = None) -> str:
@@ -74,9 +74,8 @@ def _route_labels(scope: Scope) -> Tuple[str, str]:
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     if not template:
         return "unmatched", ""
-    parts = template.split("/")
-    kind = _KINDS.get(parts[2] if len(parts) > 2 and parts[1] == "v1" else parts[1] if len(parts) > 1 else "", "")
-    return template, kind
+    matched = entity_path(template)
+    return template, matched.kind.name.lower() if matched is not None else ""
 
 
 def _json_or_null(value: Optional[str]) -> str:

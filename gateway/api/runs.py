@@ -5,8 +5,7 @@
   ``.../runs/{run_id}/continue``, and the run read-back routes, passed through to upstreams.
   A run and a continue hold a ``Limiter`` slot until their answer has been sent.
 
-Every run gets its session id and run id here, before an upstream is chosen: the session id
-decides the upstream (affinity), the run id lets a cancel find it.
+A run for an upstream is prepared by ``api/run_prep.py``, as the fast path prepares it.
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
-from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, segment, upstream_path, with_form_fields
+from gateway.api import run_prep
+from gateway.api.forwarding import Forwarder, RunInfo, segment, upstream_path
 from gateway.api.limits import Limiter
 from gateway.api.local_runs import cancel_locally, run_locally, run_params
 from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
@@ -28,7 +28,6 @@ from gateway.local import LocalEntity
 from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote, Target
 from gateway.wire import form as wire_form
-from gateway.wire.encoding import v1_json_to_form
 from gateway.wire.ids import check_id
 from gateway.wire.kinds import ENTITY_ID_PATTERN, EntityKind, is_valid_entity_id
 
@@ -168,18 +167,7 @@ def _add_kind_routes(
             if body.background:
                 raise Unprocessable(LOCAL_BACKGROUND)
             return await run_locally(request, kind, target, body.input, run_params(body), stream=body.stream)
-        data = body.model_dump(exclude_none=True)
-        session_id, session_is_new = new_session(data.get("session_id"))
-        data.update(session_id=session_id, run_id=data.get("run_id") or str(uuid4()))
-        outgoing = Outgoing(
-            "POST",
-            f"/{kind.path}/{entity_id}/runs",
-            headers={"Content-Type": wire_form.URLENCODED},
-            body=form_body(v1_json_to_form(data)),
-            expects_stream=body.stream,
-        )
-        run = RunInfo(kind, entity_id, data["run_id"], session_id, background=bool(body.background))
-        return await _forward_run(forwarder, request, target, outgoing, run, session_is_new)
+        return await run_prep.forward(_forwarder(forwarder), request, target.upstreams, run_prep.from_v1(kind, entity_id, body))
 
     async def native_run(entity_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
@@ -194,20 +182,11 @@ def _add_kind_routes(
     ) -> Response:
         if isinstance(target, LocalEntity):
             return await _local_form_run(request, target, form)
-        added: Dict[str, str] = {}
-        session_id, session_is_new = new_session(_text(form.get("session_id")))
-        if session_is_new:
-            added["session_id"] = session_id
-        run_id = _text(form.get("run_id")) or added.setdefault("run_id", str(uuid4()))
-        outgoing = Outgoing(
-            "POST",
-            f"/{kind.path}/{entity_id}/runs",
-            headers={"Content-Type": content_type},
-            body=with_form_fields(await request.body(), content_type, added),
-            expects_stream=stream,
-        )
-        run = RunInfo(kind, entity_id, run_id, session_id, background=is_background(form.get("background")))
-        return await _forward_run(forwarder, request, target, outgoing, run, session_is_new)
+        prepared = run_prep.from_form(
+            kind, entity_id, await request.body(), content_type, session_id=_text(form.get("session_id")),
+            run_id=_text(form.get("run_id")), stream=stream, background=run_prep.is_background(form.get("background")),
+        )  # fmt: skip
+        return await run_prep.forward(_forwarder(forwarder), request, target.upstreams, prepared)
 
     async def cancel_run(entity_id: str, run_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id, request)
@@ -240,7 +219,7 @@ def _add_kind_routes(
             body=await request.body(),
             expects_stream=stream,
         )
-        run = RunInfo(kind, entity_id, run_id, session_id, background=is_background(form.get("background")))
+        run = RunInfo(kind, entity_id, run_id, session_id, background=run_prep.is_background(form.get("background")))
         # A continue runs the model again: a run slot (and a stream slot), as a run takes.
         return await limiter.run(
             stream, lambda: fwd.forward(request, _choice_for_run(fwd, target, run_id, session_id), outgoing, run=run)
@@ -266,20 +245,6 @@ def _add_kind_routes(
         (f"{prefix}/{{run_id}}", read_runs, ["GET"], f"Read a {noun} run", ["AgentOS"]),
     ):
         router.add_api_route(path, endpoint, methods=methods, summary=summary, tags=tags, name=f"{endpoint.__name__}_{noun}")
-
-
-async def _forward_run(
-    forwarder: Optional[Forwarder], request: Request, target: Remote, outgoing: Outgoing, run: RunInfo, session_is_new: bool
-) -> Response:
-    fwd = _forwarder(forwarder)
-    choice = fwd.choose(target.upstreams, run.session_id, session_is_new=session_is_new)
-    return await fwd.forward(request, choice, outgoing, run=run)
-
-
-def is_background(value: Any) -> bool:
-    """Whether AgentOS runs a run request in the background: its ``background`` form field reads
-    true (anything else is no background run; AgentOS answers a malformed one itself)."""
-    return isinstance(value, str) and wire_form.read_bool(value, False) is True
 
 
 def _choice_for_run(fwd: Forwarder, target: Remote, run_id: Optional[str], session_id: Optional[str]):  # type: ignore[no-untyped-def]
