@@ -142,12 +142,12 @@ def _runnable(kind: str, param: str) -> List[Route]:
     ]
     if kind != "workflows":
         routes += [
-            _routes("POST", f"{base}/sessions/{{session_id}}/fork", S, **OWN),
+            _routes("POST", f"{base}/sessions/{{session_id}}/fork", S),
             _routes("GET", f"{runs}/{{run_id}}/checkpoints", R),
             _routes("GET", f"{runs}/{{run_id}}/checkpoints/{{message_index}}", R),
         ]
     if kind == "agents":
-        routes.append(_routes("POST", f"{base}/sessions/{{session_id}}/compact", S, **OWN))
+        routes.append(_routes("POST", f"{base}/sessions/{{session_id}}/compact", S))
     return routes
 
 
@@ -159,15 +159,15 @@ ROUTES: Tuple[Route, ...] = (
     _routes("GET", "/health", Rule.LOCAL, **OWN),
     _routes("GET", "/metrics", Rule.NOT_FORWARDED, reason=METRICS_REASON, **OWN),
     _routes("GET", "/config", W, **OWN),  # merged from the probes
-    # sessions (api/sessions.py)
-    _routes("GET DELETE", "/sessions", C, **OWN),
-    _routes("POST", "/sessions", S, **OWN),  # created where its entity's runs will go
-    _routes("GET DELETE PATCH", "/sessions/{session_id}", S, **OWN),
-    _routes("GET", "/sessions/{session_id}/media/{storage_key}", S, **OWN),
-    _routes("POST", "/sessions/{session_id}/rename", S, **OWN),
-    _routes("GET", "/sessions/{session_id}/run-previews", S, **OWN),
-    _routes("GET", "/sessions/{session_id}/runs", S, **OWN),
-    _routes("GET", "/sessions/{session_id}/runs/{run_id}", S, **OWN),
+    # sessions: merged lists, deletes everywhere, the rest by the session (api/sessions.py)
+    _routes("GET DELETE", "/sessions", C),
+    _routes("POST", "/sessions", S),  # created where its entity's runs will go
+    _routes("GET DELETE PATCH", "/sessions/{session_id}", S),
+    _routes("GET", "/sessions/{session_id}/media/{storage_key}", S),
+    _routes("POST", "/sessions/{session_id}/rename", S),
+    _routes("GET", "/sessions/{session_id}/run-previews", S),
+    _routes("GET", "/sessions/{session_id}/runs", S),
+    _routes("GET", "/sessions/{session_id}/runs/{run_id}", S),
     # approvals
     _routes("GET", "/approvals", C),
     _routes("GET", "/approvals/count", C),
