@@ -234,3 +234,111 @@ async def test_a_page_too_deep_to_merge_is_refused_and_a_db_id_no_group_has_is_a
         unknown = await client.get("/sessions", params={"db_id": "no-such-db"})
     assert deep.status_code == 400 and "storage.merge_max_items" in deep.json()["detail"]
     assert unknown.status_code == 404 and unknown.json()["detail"] == "No database found with id 'no-such-db'"
+
+
+# -- database ids as the client sees them ------------------------------------------------------------
+
+
+def _agent_ui_sequence(gateway: Server, upstreams: List[Server]) -> None:
+    """Agent UI's calls, as it makes them: ``GET /agents``, its ``db_id``, the session list, each
+    session's runs, a delete; every upstream's sessions listed, reopened and really deleted."""
+    with httpx.Client(base_url=gateway.url, timeout=60) as client:
+        agents = client.get("/agents").json()
+        (db_id,) = {agent["db_id"] for agent in agents if agent["id"] == "echo-agent"}
+        listed = client.get("/sessions", params={"type": "agent", "component_id": "echo-agent", "db_id": db_id})
+        assert listed.status_code == 200, listed.text
+        everywhere = set()
+        for server in upstreams:
+            direct = httpx.get(server.url + "/sessions", params={**AGENT_SESSIONS, "limit": "100"}, timeout=30).json()
+            everywhere |= {session["session_id"] for session in direct["data"]}
+        page = {session["session_id"] for session in listed.json()["data"]}
+        assert listed.json()["meta"]["total_count"] == len(everywhere)
+        assert page <= everywhere and len(page) == min(20, len(everywhere))  # Agent UI's page: AgentOS's 20
+        for session_id in sorted(everywhere):
+            runs = client.get(f"/sessions/{session_id}/runs", params={"type": "agent", "db_id": db_id})
+            assert runs.status_code == 200 and runs.json(), (session_id, runs.text)
+        for server in upstreams:  # one session of each upstream, deleted through the gateway
+            session_id = httpx.get(server.url + "/sessions", params=AGENT_SESSIONS, timeout=30).json()["data"][0]["session_id"]
+            assert client.delete(f"/sessions/{session_id}", params={"db_id": db_id}).status_code == 204
+            assert httpx.get(f"{server.url}/sessions/{session_id}", timeout=30).status_code == 404
+        after = client.get("/sessions", params={"type": "agent", "component_id": "echo-agent", "db_id": db_id})
+        assert after.json()["meta"]["total_count"] == len(everywhere) - len(upstreams)
+
+
+async def test_one_db_id_per_entity_stable_across_gateway_processes(storage, log_dir: Path) -> None:
+    gateway, upstreams = storage["gateway"], storage["upstreams"]
+    real_ids = set(storage["db_ids"].values())
+    second = start_gateway("storage-gateway-2", gateway_config(upstreams), log_dir)
+    try:
+        shown = []
+        for server in (gateway, second):
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                config = (await client.get("/config")).json()
+                listed = {kind: (await client.get(f"/{kind}")).json() for kind in ("agents", "teams", "workflows")}
+                detail = (await client.get("/agents/echo-agent")).json()
+            ids = {entry["db_id"] for kind in ("agents", "teams", "workflows") for entry in config[kind]}
+            ids |= {entry["db_id"] for entries in listed.values() for entry in entries} | {detail["db_id"]}
+            assert len(ids) == 1 and not ids & real_ids, ids  # one id, the gateway's own
+            assert config["databases"] == sorted(ids) or set(config["databases"]) == ids
+            assert {db["db_id"] for db in config["session"]["dbs"]} == ids
+            shown.append(ids)
+        assert shown[0] == shown[1]
+    finally:
+        second.stop()
+
+
+async def test_a_request_naming_a_group_own_db_id_goes_to_that_group(storage) -> None:
+    for server in storage["upstreams"]:
+        db_id = storage["db_ids"][server.name]
+        query = {**AGENT_SESSIONS, "limit": "50", "db_id": db_id}
+        async with httpx.AsyncClient(timeout=30) as client:
+            through = await client.get(storage["gateway"].url + "/sessions", params=query)
+            direct = await client.get(server.url + "/sessions", params=query)
+        assert _page(through, "session_id") == _page(direct, "session_id")
+        assert through.headers["x-agentos-gateway-upstream"] == server.name
+
+
+async def test_a_write_naming_the_gateway_db_id_lands_in_one_group_with_its_own_id(storage) -> None:
+    async with httpx.AsyncClient(base_url=storage["gateway"].url, timeout=30) as client:
+        (db_id,) = {agent["db_id"] for agent in (await client.get("/agents")).json()}
+        user_id = f"made-{uuid.uuid4()}"
+        created = await client.post("/memories", params={"db_id": db_id}, json={"memory": "tea", "user_id": user_id})
+        assert created.status_code in (200, 201), created.text
+        found = await client.get(f"/memories/{created.json()['memory_id']}", params={"db_id": db_id})
+        assert found.status_code == 200 and found.json()["memory"] == "tea"
+        listed = await client.get("/memories", params={"db_id": db_id, "user_id": user_id})
+    assert [memory["memory_id"] for memory in listed.json()["data"]] == [created.json()["memory_id"]]
+    holders = [
+        server.name for server in storage["upstreams"]
+        if httpx.get(server.url + "/memories", params={"user_id": user_id}, timeout=30).json()["meta"]["total_count"]
+    ]  # fmt: skip
+    assert len(holders) == 1 and created.headers["x-agentos-gateway-upstream"] == holders[0]
+
+
+def test_agent_ui_sequence_with_sqlite_files(storage) -> None:
+    _agent_ui_sequence(storage["gateway"], storage["upstreams"])
+
+
+@pytest.fixture(scope="module")
+def in_memory(log_dir: Path) -> Iterator[Dict[str, Any]]:
+    """Two upstreams with in-memory storage (as ``make demo`` runs them) and a gateway."""
+    upstreams = start_upstreams(("mem-a", "mem-b"), log_dir)
+    gateway = None
+    try:
+        gateway = start_gateway("in-memory-gateway", gateway_config(upstreams), log_dir)
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            for index in range(8):  # ids that rank on both upstreams
+                session_id = f"ui-{index}"
+                run = client.post("/v1/agents/echo-agent/run", json={"input": "hello", "session_id": session_id})
+                assert run.status_code == 200, run.text
+        yield {"gateway": gateway, "upstreams": upstreams}
+    finally:
+        for server in [*upstreams, gateway]:
+            if server is not None:
+                server.stop()
+
+
+def test_agent_ui_sequence_with_in_memory_upstreams(in_memory) -> None:
+    for server in in_memory["upstreams"]:
+        assert httpx.get(server.url + "/sessions", timeout=30).json()["meta"]["total_count"] >= 2
+    _agent_ui_sequence(in_memory["gateway"], in_memory["upstreams"])

@@ -42,12 +42,13 @@ _KINDS = {"agent": EntityKind.AGENT, "team": EntityKind.TEAM, "workflow": Entity
 class Passthrough:
     def __init__(
         self, fallback: ASGIApp, directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter,
-        table: RouteTable = TABLE,
+        storage: Optional[StorageRouter] = None, table: RouteTable = TABLE,
     ) -> None:  # fmt: skip
         self.fallback = fallback  # the router's own default, for what is no HTTP request
         self.directory = directory
         self.forwarder = forwarder
         self.limiter = limiter
+        self.storage = storage if storage is not None or forwarder is None else StorageRouter(forwarder)
         self.table = table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,13 +106,15 @@ class Passthrough:
             check_id("session_id", session_id)
             return await fwd.first_that_knows(request, fwd.choose(upstreams, session_id).order, outgoing)
         assert route.rule is Rule.SESSION
-        return await session_route(request, fwd, self.directory, route.template, params, outgoing, upstreams)
+        assert self.storage is not None
+        return await session_route(request, self.storage, self.directory, route.template, params, outgoing, upstreams)
 
     async def _by_storage(self, request: Request, fwd: Forwarder, matched: Match, outgoing: Outgoing) -> Response:
         """A collection or an item: by the database groups that hold it (``api/storage.py``)."""
         route, params = matched.route, matched.params
         assert route is not None
-        storage = StorageRouter(fwd)
+        storage = self.storage
+        assert storage is not None
         pairs = request.query_params.multi_items()
         content_type = request.headers.get("content-type", "")
         db_id = params.get("db_id") or named_value(pairs, outgoing.body, content_type, "db_id")
@@ -162,6 +165,8 @@ async def _streams(request: Request, route: Route) -> bool:
     return False
 
 
-def install(app, directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter) -> None:  # type: ignore[no-untyped-def]
+def install(  # type: ignore[no-untyped-def]
+    app, directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter, storage: Optional[StorageRouter] = None
+) -> None:
     """Make the table's forwarder what the app's router runs when none of its routes matches."""
-    app.router.default = Passthrough(app.router.default, directory, forwarder, limiter)
+    app.router.default = Passthrough(app.router.default, directory, forwarder, limiter, storage)

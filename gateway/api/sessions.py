@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.forwarding import Forwarder, new_session
+from gateway.api.forwarding import new_session
 from gateway.api.storage import StorageRouter, named_value
 from gateway.pool import Upstream
 from gateway.routing import Directory, Remote
@@ -27,11 +27,11 @@ from gateway.wire.kinds import EntityKind
 
 
 async def session_route(
-    request: Request, forwarder: Forwarder, directory: Directory, template: str, params: dict, outgoing: Outgoing,
+    request: Request, storage: StorageRouter, directory: Directory, template: str, params: dict, outgoing: Outgoing,
     upstreams: List[Upstream],
 ) -> Response:  # fmt: skip
     """Answer a ``SESSION`` route; ``upstreams``: the entity's, for an entity's session route."""
-    storage = StorageRouter(forwarder)
+    forwarder = storage.forwarder
     pairs = request.query_params.multi_items()
     db_id = named_value(pairs, outgoing.body, request.headers.get("content-type", ""), "db_id")
     session_id = params.get("session_id")
@@ -40,10 +40,10 @@ async def session_route(
         if not upstreams:  # no entity the gateway forwards: stored like any other write
             user_id = named_value(pairs, outgoing.body, request.headers.get("content-type", ""), "user_id")
             return await storage.write(request, outgoing, db_id, user_id)
-        return await forwarder.forward(request, forwarder.choose(upstreams, session_id), outgoing, with_affinity=False)
+        return await storage.by_session(request, upstreams, session_id, outgoing, db_id)
     check_id("session_id", session_id)
     if not template.startswith("/sessions/"):  # an entity's fork or compact
-        return await forwarder.forward(request, forwarder.choose(upstreams, session_id), outgoing, with_affinity=False)
+        return await storage.by_session(request, upstreams, session_id, outgoing, db_id)
     if request.method == "DELETE":
         return await storage.everywhere(request, outgoing, db_id)
     return await storage.lookup(request, outgoing, db_id, key=session_id)

@@ -32,6 +32,7 @@ from gateway.api.forwarding import UPSTREAM_HEADER, Fetched, Forwarder
 from gateway.api.merging import (
     LIST_SHAPES, ListShape, PageRequest, group_query, merge_count, merge_pages, merge_rows, merge_union, page_request,
 )  # fmt: skip
+from gateway.api.database_ids import DatabaseIds, database_ids, with_db_id
 from gateway.balancing import Choice, StorageGroup, group_of_db, rank
 from gateway.disconnect import until_disconnected
 from gateway.errors import BadRequest
@@ -41,20 +42,44 @@ from gateway.sender import Outgoing
 class StorageRouter:
     def __init__(self, forwarder: Forwarder) -> None:
         self.forwarder = forwarder
+        self._ids: Tuple[Any, DatabaseIds] = ((), DatabaseIds())  # (what they were made from, the ids)
 
     # -- which groups ------------------------------------------------------------------------------
 
     def groups(self) -> Tuple[StorageGroup, ...]:
         return self.forwarder.pool.storage_groups()
 
-    def targets(self, db_id: Optional[str]) -> Tuple[StorageGroup, ...]:
-        """The groups a request touches: the one holding ``db_id`` when it names one (none when
-        no group has it: an upstream then answers AgentOS's 404), else all of them."""
+    def database_ids(self) -> DatabaseIds:
+        """The database ids the client sees (``api/database_ids.py``), made again when the
+        groups or an upstream's ``/config`` changed."""
         groups = self.groups()
-        if db_id:
-            group = group_of_db(groups, db_id)
-            return (group,) if group is not None else ()
-        return groups
+        upstreams = self.forwarder.pool.upstreams
+        source = (self.forwarder.settings.gateway_id, groups, tuple((n, u.catalog) for n, u in upstreams.items()))
+        made_from, ids = self._ids
+        same = len(made_from) == 3 and made_from[:2] == source[:2] and len(made_from[2]) == len(source[2])
+        if not same or any(a[0] != b[0] or a[1] is not b[1] for a, b in zip(made_from[2], source[2])):
+            ids = database_ids(source[0], groups, {name: u.catalog for name, u in upstreams.items()})
+            self._ids = (source, ids)
+        return ids
+
+    def targets(self, db_id: Optional[str]) -> Tuple[StorageGroup, ...]:
+        """The groups a request touches: those behind ``db_id`` when it names one (a group's
+        own id, or one the gateway made; none when no group has it: an upstream then answers
+        AgentOS's 404), else all of them."""
+        groups = self.groups()
+        if not db_id:
+            return groups
+        behind = self.database_ids().behind.get(db_id)
+        if behind is not None:
+            return tuple(group for group in groups if group.key in behind)
+        group = group_of_db(groups, db_id)
+        return (group,) if group is not None else ()
+
+    def _sent_db_id(self, group: Optional[StorageGroup], db_id: Optional[str]) -> Optional[str]:
+        """The real id ``group`` is sent for a ``db_id`` the gateway made; None to keep it."""
+        if group is None or not db_id:
+            return None
+        return self.database_ids().behind.get(db_id, {}).get(group.key)
 
     def ranked(self, groups: Sequence[StorageGroup], key: str) -> List[StorageGroup]:
         """``groups`` in the rendezvous order of ``key`` over their keys."""
@@ -75,7 +100,13 @@ class StorageRouter:
 
     # -- the rules ---------------------------------------------------------------------------------
 
-    async def forward_one(self, request: Request, outgoing: Outgoing, group: Optional[StorageGroup]) -> Response:
+    async def forward_one(
+        self, request: Request, outgoing: Outgoing, group: Optional[StorageGroup], db_id: Optional[str] = None
+    ) -> Response:
+        """``outgoing`` to one upstream of ``group``, its ``db_id`` translated to the group's own."""
+        real_id = self._sent_db_id(group, db_id)
+        if real_id is not None:
+            outgoing = translated(outgoing, db_id, real_id)  # type: ignore[arg-type]
         return await self.forwarder.forward(request, self.choice(group), outgoing, with_affinity=False)
 
     async def read(self, request: Request, template: str, outgoing: Outgoing, db_id: Optional[str]) -> Response:
@@ -83,7 +114,7 @@ class StorageRouter:
         groups = self.targets(db_id)
         shape = LIST_SHAPES.get(template)
         if len(groups) < 2 or shape is None:
-            return await self.forward_one(request, outgoing, groups[0] if groups else None)
+            return await self.forward_one(request, outgoing, groups[0] if groups else None, db_id)
         path, _, raw_query = outgoing.path.partition("?")
         pairs = _pairs(raw_query)
         wanted: Optional[PageRequest] = None  # the client's page
@@ -92,7 +123,7 @@ class StorageRouter:
         if shape.kind in ("page", "rows"):
             wanted = page_request(shape, pairs)
             if wanted is None:  # not a pagination the gateway merges: AgentOS's own answer
-                return await self.forward_one(request, outgoing, groups[0])
+                return await self.forward_one(request, outgoing, groups[0], db_id)
             if wanted.wanted > cap:
                 raise BadRequest(
                     f"page × limit is {wanted.wanted}: a list merged over {len(groups)} databases reads at most "
@@ -100,7 +131,9 @@ class StorageRouter:
                 )
             each = wanted.wanted if shape.kind == "page" else cap  # rows: all (a key may be in several)
         seen: List[str] = []  # the upstreams that answered, for the answer's header
-        work = asyncio.gather(*(self._group_list(request, group, path, pairs, shape, each, seen) for group in groups))
+        work = asyncio.gather(
+            *(self._group_list(request, group, path, self._group_pairs(pairs, group, db_id), shape, each, seen) for group in groups)
+        )
         results = await until_disconnected(request, work)
         failed = next((result for result in results if isinstance(result, Fetched)), None)
         if failed is not None:  # a group's error is the answer (its 422, its 503, ...)
@@ -163,10 +196,10 @@ class StorageRouter:
         """An item: each group in turn (the rendezvous order of ``key``) until one has it."""
         groups = self.targets(db_id)
         if len(groups) < 2:
-            return await self.forward_one(request, outgoing, groups[0] if groups else None)
+            return await self.forward_one(request, outgoing, groups[0] if groups else None, db_id)
         answer: Optional[Response] = None
         for group in self.ranked(groups, key):
-            answer = await self.forward_one(request, _copy(outgoing), group)
+            answer = await self.forward_one(request, _copy(outgoing), group, db_id)
             if answer.status_code != 404:
                 break
         assert answer is not None
@@ -177,8 +210,8 @@ class StorageRouter:
         so; a failure (not 2xx, not 404) is told, since the delete may be incomplete."""
         groups = self.targets(db_id)
         if len(groups) < 2:
-            return await self.forward_one(request, outgoing, groups[0] if groups else None)
-        answers = [await self.forward_one(request, _copy(outgoing), group) for group in groups]
+            return await self.forward_one(request, outgoing, groups[0] if groups else None, db_id)
+        answers = [await self.forward_one(request, _copy(outgoing), group, db_id) for group in groups]
         failed = next((a for a in answers if a.status_code >= 300 and a.status_code != 404), None)
         done = next((a for a in answers if 200 <= a.status_code < 300), None)
         return failed or done or answers[-1]
@@ -187,15 +220,53 @@ class StorageRouter:
         """A write: the named database's group, else the group the user id ranks first."""
         groups = self.targets(db_id)
         if len(groups) < 2:
-            return await self.forward_one(request, outgoing, groups[0] if groups else None)
+            return await self.forward_one(request, outgoing, groups[0] if groups else None, db_id)
         ranked = self.ranked(groups, user_id or "")
         group = next((group for group in ranked if self._has_usable(group)), ranked[0])
-        return await self.forward_one(request, outgoing, group)
+        return await self.forward_one(request, outgoing, group, db_id)
+
+    async def by_session(
+        self, request: Request, upstreams: List[Upstream], session_id: Optional[str], outgoing: Outgoing,
+        db_id: Optional[str],
+    ) -> Response:  # fmt: skip
+        """A session's request to its entity's upstreams, in the session's order; a ``db_id``
+        the gateway made is sent as the first upstream's group's own (a retry elsewhere may then
+        meet AgentOS's 404 for it)."""
+        choice = self.forwarder.choose(upstreams, session_id)
+        if db_id and choice.order:
+            group = next((g for g in self.groups() if choice.order[0] in g.members), None)
+            real_id = self._sent_db_id(group, db_id)
+            if real_id is not None:
+                outgoing = translated(outgoing, db_id, real_id)
+        return await self.forwarder.forward(request, choice, outgoing, with_affinity=False)
+
+    def _group_pairs(self, pairs: List[Tuple[str, str]], group: StorageGroup, db_id: Optional[str]) -> List[Tuple[str, str]]:
+        real_id = self._sent_db_id(group, db_id)
+        return with_db_id(pairs, real_id) if real_id is not None else pairs
 
 
 def _int_total(answer: Any) -> int:
     total = (answer.get("meta") or {}).get("total_count") if isinstance(answer, dict) else None
     return total if isinstance(total, int) else 0
+
+
+def translated(outgoing: Outgoing, made_id: str, real_id: str) -> Outgoing:
+    """``outgoing`` with a ``db_id`` the gateway made replaced by a group's own: in the query,
+    and in a JSON body that carries it."""
+    path, _, raw_query = outgoing.path.partition("?")
+    pairs = with_db_id(_pairs(raw_query), real_id)
+    body = outgoing.body
+    if body and outgoing.headers.get("Content-Type", "").split(";")[0].strip().lower() == "application/json":
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("db_id") == made_id:
+            body = json.dumps({**data, "db_id": real_id}).encode()
+    return Outgoing(
+        outgoing.method, path + ("?" + urlencode(pairs) if pairs else ""), dict(outgoing.headers), body,
+        outgoing.expects_stream,
+    )  # fmt: skip
 
 
 def _copy(outgoing: Outgoing) -> Outgoing:
