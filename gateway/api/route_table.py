@@ -8,20 +8,22 @@ config, listings) or the generic forwarder (``api/passthrough.py``) does.
 
 The rules, by what decides the upstream:
 
-* ``SESSION``: the session id (rendezvous hashing over the entity's upstreams): runs, session routes.
+* ``SESSION``: the session id: runs, fork and compact by rendezvous hashing over the entity's
+  upstreams; ``/sessions/{session_id}...`` by the database groups in the session's rendezvous
+  order, deletes to every group (``api/sessions.py``).
 * ``RUN``: the run's recorded owner (``Forwarder.run_owners``) when usable, else the ``session_id``
   form or query field, else the ``ITEM`` rule.
-* ``COLLECTION``: a family's list, its create, its bulk operations: any usable upstream.
-* ``ITEM``: one stored object: any usable upstream; on a 404 the next one, in order, until one does
-  not answer 404.
+* ``COLLECTION``: a family's list (merged over the database groups), its create (the group of
+  its ``db_id``, else of its ``user_id``), its bulk delete (every group): ``api/storage.py``.
+* ``ITEM``: one stored object: each database group in turn until one does not answer 404; a
+  delete to every group.
 * ``OS_WIDE``: what describes the AgentOS itself (``/info``, ``/registry``, ``/knowledge/config``):
   any usable upstream (``/config`` and the listings are merged by their own handlers).
 * ``LOCAL``: the gateway answers itself (``/health``).
 * ``NOT_FORWARDED``: never sent to an upstream; ``reason`` says why.
 
-COLLECTION, ITEM and OS_WIDE are exact while every upstream shares one database (the documented
-deployment for now): any upstream then sees every memory, trace or eval run. Upstreams with
-databases of their own would need lists merged per database group (DESIGN.md 3.1): a later step.
+Database groups are the upstreams that report the same database ids (``balancing/storage.py``);
+with one group (every upstream on one database) COLLECTION and ITEM are plain forwards.
 
 Limits (``api/limits.py``): ``STARTS_RUN`` takes a run slot, and a stream slot when the request
 streams; ``HOLDS_STREAM`` a stream slot when it streams; ``OTHER`` nothing.
