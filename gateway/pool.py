@@ -40,6 +40,7 @@ from gateway.balancing import (
     UpstreamHealth,
     may_eject,
 )
+from gateway.balancing.storage import StorageGroup, StorageMode, storage_groups
 from gateway.settings import Settings, UpstreamConfig
 from gateway.wire.kinds import EntityKind
 
@@ -162,6 +163,8 @@ class Pool:
         self._tasks: Dict[str, asyncio.Task] = {}  # probe loops by upstream name, DNS loops by "dns:" + entry
         self._discovered: Dict[str, Set[str]] = {}  # DNS entry -> the upstreams its last answer gave
         self._rng = random.Random()
+        self._groups: Tuple[StorageGroup, ...] = ()
+        self._groups_key: Any = None  # what _groups was computed from
 
     # -- load counters (a Flight's bookkeeping) ----------------------------------------------------
 
@@ -456,6 +459,16 @@ class Pool:
             for upstream in upstreams
         ]
 
+    def storage_groups(self) -> Tuple[StorageGroup, ...]:
+        """The upstreams grouped by the storage they share (``storage.mode``), from what their
+        last ``/config`` reported: the groups change as the probes learn them."""
+        key = (self.settings.storage.mode, tuple((name, id(u.catalog)) for name, u in self.upstreams.items()))
+        if key != self._groups_key:
+            reported = {name: _database_ids(u.catalog) for name, u in self.upstreams.items()}
+            self._groups = storage_groups(reported, StorageMode(self.settings.storage.mode))
+            self._groups_key = key
+        return self._groups
+
     def is_usable(self, upstream: Upstream) -> bool:
         return upstream.health.is_usable(self.clock())
 
@@ -488,6 +501,18 @@ class Pool:
 
 def _connect_timeout(settings: Settings) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=settings.timeouts.connect_s)
+
+
+def _database_ids(catalog: Optional[Dict[str, Any]]) -> Optional[List[str]]:
+    """The database ids a ``/config`` answer reports (``databases``, ``os_database``); None when
+    there is no answer yet."""
+    if catalog is None:
+        return None
+    found = catalog.get("databases")
+    ids = [db_id for db_id in found if isinstance(db_id, str)] if isinstance(found, list) else []
+    if isinstance(catalog.get("os_database"), str):
+        ids.append(catalog["os_database"])
+    return ids
 
 
 def _ids(entries: Any) -> Iterable[str]:

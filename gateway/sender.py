@@ -148,10 +148,11 @@ async def _buffered(response: aiohttp.ClientResponse) -> Tuple[int, str, bytes]:
     return response.status, response.headers.get("Content-Type", "application/json"), body
 
 
-async def read_answer(opened: Opened) -> Tuple[int, bytes]:
-    """A whole (non-stream) answer; ``UpstreamFailure`` 502 when the upstream cuts it short."""
+async def read_answer(opened: Opened, max_bytes: Optional[int] = None) -> Tuple[int, bytes]:
+    """A whole (non-stream) answer; ``UpstreamFailure`` 502 when the upstream cuts it short, or
+    when it is larger than ``max_bytes`` (never read past it)."""
     try:
-        body = await opened.response.read()
+        body = await (opened.response.read() if max_bytes is None else _read_at_most(opened, max_bytes))
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
         detail = f"the answer was cut short ({type(error).__name__})"
         opened.flight.pool.record(opened.upstream, Outcome.RESET)
@@ -160,3 +161,21 @@ async def read_answer(opened: Opened) -> Tuple[int, bytes]:
     finally:
         opened.response.release()
     return opened.response.status, body
+
+
+async def _read_at_most(opened: Opened, max_bytes: int) -> bytes:
+    response = opened.response
+    declared = response.content_length
+    chunks, size = [], 0
+    if declared is None or declared <= max_bytes:
+        async for chunk in response.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > max_bytes:
+                break
+            chunks.append(chunk)
+    if (declared is not None and declared > max_bytes) or size > max_bytes:
+        response.close()  # the rest is never read: the connection goes
+        detail = f"answer larger than {max_bytes} bytes (storage.merge_max_bytes)"
+        logger.warning("upstream %s: %s", opened.upstream.name, detail)
+        raise UpstreamFailure(opened.upstream, Outcome.SUCCESS, ANSWERED, 502, detail)
+    return b"".join(chunks)

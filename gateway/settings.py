@@ -193,6 +193,21 @@ class LimitSettings(Strict):
     )
 
 
+class StorageSettings(Strict):
+    """Which upstreams share a database (``gateway/balancing/storage.py``), and the bounds of a
+    list merged over several databases."""
+
+    mode: Literal["auto", "shared", "per_upstream"] = Field(
+        "auto", description="auto: grouped by the database ids each upstream's /config reports; or say it"
+    )
+    merge_max_items: int = Field(
+        10000, ge=1, description="a merged list reads page x limit items per database group; more is refused (400)"
+    )
+    merge_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="one database group's answer to a merged list; larger is a 502"
+    )
+
+
 class ShutdownSettings(Strict):
     drain_delay_s: float = Field(
         2.0, ge=0, description="after SIGTERM, /ready answers 503 this long before the listener closes"
@@ -231,6 +246,7 @@ class Settings(BaseSettings):
         False, description="send the client's Authorization to upstreams (agno JWT auth) instead of their keys"
     )
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     cors_origins: List[str] = Field(
         default_factory=list, description="origins allowed by CORS, added to AgentOS's defaults (cors_defaults)"
     )

@@ -192,7 +192,8 @@ REFUSED: List[Tuple[str, str, str, Dict[str, object]]] = [
     ("run_id:read-back", "GET", f"/agents/echo-agent/runs/{LONG}", {"params": {"session_id": "s"}}),
     ("session_id:read-back", "GET", "/agents/echo-agent/runs", {"params": {"session_id": LONG_UTF8}}),
     ("session_id:session", "GET", f"/sessions/{LONG}", {}),
-    ("session_id:session-part", "DELETE", f"/sessions/{quote(LONG_UTF8)}/runs", {}),
+    ("session_id:session-part", "GET", f"/sessions/{quote(LONG_UTF8)}/runs", {}),
+    ("session_id:session-delete", "DELETE", f"/sessions/{LONG}", {}),
     ("session_id:fork", "POST", f"/agents/echo-agent/sessions/{LONG}/fork", {"json": {}}),
     ("session_id:create", "POST", "/sessions", {"json": {"agent_id": "echo-agent", "session_id": LONG}}),
 ]

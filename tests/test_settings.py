@@ -63,6 +63,8 @@ def test_config_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ("prot: 1\n", "prot"),
         ("local:\n  agent: []\n", "local.agent"),
         ("local:\n  agents: 'not-a-list'\n", "local.agents"),
+        ("storage:\n  mode: sharded\n", "storage.mode"),
+        ("storage:\n  merge_max_items: 0\n", "storage.merge_max_items"),
     ],
 )
 def test_bad_field_is_named(tmp_path: Path, text: str, named: str) -> None:
@@ -86,6 +88,7 @@ def test_bad_field_is_named(tmp_path: Path, text: str, named: str) -> None:
         ("GATEWAY_LOCAL__AGENTS", "not json", "local"),
         ("GATEWAY_LIMITS__CLIENT_BODY_TIMEOUT_S", "0", "limits.client_body_timeout_s"),
         ("GATEWAY_LIMITS__CLIENT_HEADER_TIMEOUT_S", "soon", "limits.client_header_timeout_s"),
+        ("GATEWAY_STORAGE__MODE", "one", "storage.mode"),
     ],
 )
 def test_a_bad_env_value_names_its_variable(

@@ -25,7 +25,6 @@ from gateway.api.observe import ObserveMiddleware
 from gateway.api import passthrough
 from gateway.api.catalog import catalog_router
 from gateway.api.runs import runs_router
-from gateway.api.sessions import sessions_router
 from gateway.local import LocalRegistry
 from gateway.metrics import scrape
 from gateway.api.forwarding import AFFINITY_HEADER, UPSTREAM_HEADER
@@ -125,11 +124,10 @@ def create_app(
         return Response(body, media_type=content_type)
 
     app.include_router(runs_router(services.directory, forwarder, services.limiter))
-    app.include_router(catalog_router(settings, registry, services.directory, forwarder))
-    app.include_router(sessions_router(services.directory, forwarder))
+    app.include_router(catalog_router(settings, registry, services.directory, forwarder, services.storage))
     app.include_router(admin_router(settings, services))
     # What none of the routes above matches: the rest of AgentOS, through the route table.
-    passthrough.install(app, services.directory, forwarder, services.limiter)
+    passthrough.install(app, services.directory, forwarder, services.limiter, services.storage)
     return app
 
 

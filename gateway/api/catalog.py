@@ -8,6 +8,7 @@ Upstream catalogs come from the pool's probes (``GET /config`` after each good p
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any, Callable, Dict, List, Optional
 
@@ -16,7 +17,9 @@ from fastapi import APIRouter, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
-from gateway.api.forwarding import Forwarder, upstream_path
+from gateway.api.database_ids import DatabaseIds
+from gateway.api.forwarding import Forwarder, query, segment
+from gateway.api.storage import StorageRouter
 from gateway.api.runs import resolve
 from gateway.local import LocalEntity, LocalRegistry
 from gateway.pool import Upstream
@@ -127,9 +130,16 @@ async def _listing(upstream: Upstream, kind: EntityKind) -> List[Dict[str, Any]]
 
 
 def catalog_router(
-    settings: Settings, registry: LocalRegistry, directory: Directory, forwarder: Optional[Forwarder]
-) -> APIRouter:
+    settings: Settings, registry: LocalRegistry, directory: Directory, forwarder: Optional[Forwarder],
+    storage: Optional[StorageRouter] = None,
+) -> APIRouter:  # fmt: skip
     router = APIRouter(tags=["AgentOS"])
+    if storage is None and forwarder is not None:
+        storage = StorageRouter(forwarder)
+
+    def ids() -> DatabaseIds:
+        """Database ids as the client sees them: one per entity (``api/database_ids.py``)."""
+        return storage.database_ids() if storage is not None else DatabaseIds()
 
     def usable_upstreams() -> List[Upstream]:
         if forwarder is None:
@@ -139,14 +149,14 @@ def catalog_router(
     @router.get("/config", summary="What this gateway serves, in AgentOS's shape (local and upstreams)")
     async def config() -> Dict[str, Any]:
         upstreams = list(forwarder.pool.upstreams.values()) if forwarder is not None else []
-        return merged_config(settings, directory.registry, directory, upstreams)
+        return ids().show_config(merged_config(settings, directory.registry, directory, upstreams), _DOMAIN_KEYS)
 
     for kind in EntityKind:
-        _add_listing_routes(router, kind, directory, forwarder, usable_upstreams)
+        _add_listing_routes(router, kind, directory, forwarder, usable_upstreams, ids)
     return router
 
 
-def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams) -> None:  # type: ignore[no-untyped-def]
+def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams, ids) -> None:  # type: ignore[no-untyped-def]
     async def listing() -> List[Dict[str, Any]]:
         registry = directory.registry
         items = [await local_detail(entity) for entity in (registry.get(kind, i) for i in registry.ids(kind)) if entity]
@@ -156,7 +166,7 @@ def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams) ->
             for item in remote:
                 target = directory.resolve(kind, str(item.get("id")))
                 if item.get("id") not in seen and not isinstance(target, LocalEntity):
-                    items.append(item)
+                    items.append(ids().show_entity(item))
                     seen.add(item.get("id"))
         return items
 
@@ -166,7 +176,17 @@ def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams) ->
             return JSONResponse(await local_detail(target))
         assert forwarder is not None
         choice = forwarder.choose(target.upstreams, None)
-        return await forwarder.forward(request, choice, Outgoing("GET", upstream_path(request)), with_affinity=False)
+        path = f"/{kind.path}/{segment(entity_id)}" + query(request.url.query)
+        answer = await forwarder.forward(request, choice, Outgoing("GET", path), with_affinity=False)
+        shown = ids()
+        if answer.status_code != 200 or not shown.shown:
+            return answer
+        try:
+            detail = json.loads(answer.body)
+        except ValueError:
+            return answer
+        headers = {name: value for name, value in answer.headers.items() if name != "content-length"}
+        return Response(json.dumps(shown.show_entity(detail)).encode(), status_code=200, headers=headers)
 
     noun = kind.name.lower()
     router.add_api_route(f"/{kind.path}", listing, methods=["GET"], summary=f"Every {noun}", name=f"list_{kind.path}")

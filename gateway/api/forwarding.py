@@ -28,6 +28,7 @@ from gateway.errors import ClientGone, NoUpstream, StreamCut, UpstreamFailure
 from gateway.pool import Flight, Pool, Upstream
 from gateway.relay import StreamRelay, is_event_stream
 from gateway.run_owners import RunOwners
+from gateway.retry import RequestState
 from gateway.sender import Opened, Outgoing, Sender, read_answer
 from gateway.settings import Settings
 from gateway.wire.kinds import EntityKind
@@ -44,6 +45,7 @@ FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-language", "trace
 # itself said it can read, else nothing (aiohttp would otherwise offer gzip and deflate).
 IDENTITY = "identity"
 CANCEL_TIMEOUT_S = 5.0
+ANSWERED = RequestState.ANSWERED
 SWEEP_INTERVAL_S = 30.0
 
 # Never copied from one hop to the next (RFC 9110 §7.6.1), plus what the server sets itself.
@@ -74,6 +76,16 @@ def upstream_path(request: Request) -> str:
     decoded and encoded again, so none can become a dot segment, a query or two segments."""
     raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
     return "/".join(segment(unquote_to_bytes(part)) for part in raw.split(b"/")) + query(request.url.query)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """An upstream's whole answer, read for the gateway to use (a merged list, a lookup)."""
+
+    upstream: str
+    status: int
+    headers: Dict[str, str]
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -243,13 +255,35 @@ class Forwarder:
         assert answer is not None
         return answer
 
-    async def _exchange(self, outgoing: Outgoing, choice: Choice, flight: Flight) -> Tuple[Opened, Optional[bytes]]:
+    async def fetch(self, request: Request, choice: Choice, outgoing: Outgoing, *, max_bytes: int) -> Fetched:
+        """``outgoing`` to the first upstream of ``choice`` that takes it, its whole answer read
+        (at most ``max_bytes``: more is a 502) for the gateway to use, not passed on as it came.
+        The caller watches the client (several fetches may run at once for one request)."""
+        if not choice.order:
+            raise self.unavailable()
+        outgoing.headers = {**self._forwarded_headers(request), **outgoing.headers}
+        flight = self.pool.flight()
+        try:
+            opened, body = await self._exchange(outgoing, choice, flight, max_bytes)
+        except BaseException:
+            flight.finish()
+            raise
+        status = opened.response.status
+        flight.finish(Outcome.of_status(status))
+        if body is None:  # a stream where a JSON answer was expected
+            opened.response.close()
+            raise UpstreamFailure(opened.upstream, Outcome.SUCCESS, ANSWERED, 502, "a stream, not a JSON answer")
+        return Fetched(opened.upstream.name, status, self.answer_headers(opened, None), body)
+
+    async def _exchange(
+        self, outgoing: Outgoing, choice: Choice, flight: Flight, max_bytes: Optional[int] = None
+    ) -> Tuple[Opened, Optional[bytes]]:
         """The upstream's answer: its head, and its whole body unless it is a stream."""
         opened = await self.sender.open(self.order(choice), outgoing, flight)
         if is_event_stream(opened.response):
             return opened, None
         try:
-            return opened, (await read_answer(opened))[1]
+            return opened, (await read_answer(opened, max_bytes))[1]
         except BaseException:
             opened.response.close()  # the client left, or the body broke: the connection goes
             raise

@@ -23,7 +23,9 @@ from gateway.api.errors import error_response
 from gateway.api.forwarding import Forwarder, query, segment
 from gateway.api.limits import Limiter
 from gateway.api.route_table import TABLE, Limit, Match, Route, RouteTable, Rule
+from gateway.api.storage import StorageRouter, named_value
 from gateway.api.runs import resolve
+from gateway.api.sessions import session_route
 from gateway.errors import GatewayError, NotFound, NotImplementedHere
 from gateway.local import LocalEntity
 from gateway.pool import Upstream
@@ -40,12 +42,13 @@ _KINDS = {"agent": EntityKind.AGENT, "team": EntityKind.TEAM, "workflow": Entity
 class Passthrough:
     def __init__(
         self, fallback: ASGIApp, directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter,
-        table: RouteTable = TABLE,
+        storage: Optional[StorageRouter] = None, table: RouteTable = TABLE,
     ) -> None:  # fmt: skip
         self.fallback = fallback  # the router's own default, for what is no HTTP request
         self.directory = directory
         self.forwarder = forwarder
         self.limiter = limiter
+        self.storage = storage if storage is not None or forwarder is None else StorageRouter(forwarder)
         self.table = table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,8 +91,10 @@ class Passthrough:
         content_type = request.headers.get("content-type")
         if content_type:
             outgoing.headers["Content-Type"] = content_type
-        if route.rule in (Rule.COLLECTION, Rule.OS_WIDE):
+        if route.rule is Rule.OS_WIDE:
             return await fwd.forward(request, fwd.choose(upstreams, None), outgoing, with_affinity=False)
+        if route.rule in (Rule.COLLECTION, Rule.ITEM):
+            return await self._by_storage(request, fwd, matched, outgoing)
         if route.rule is Rule.RUN:
             run_id = params["run_id"]
             check_id("run_id", run_id)
@@ -100,9 +105,27 @@ class Passthrough:
             session_id = request.query_params.get("session_id") or await _form_field(request, "session_id")
             check_id("session_id", session_id)
             return await fwd.first_that_knows(request, fwd.choose(upstreams, session_id).order, outgoing)
-        if route.rule is Rule.SESSION:  # none today: the session routes have their own handlers
-            return await fwd.forward(request, fwd.choose(upstreams, params.get("session_id")), outgoing, with_affinity=False)
-        return await fwd.first_that_knows(request, fwd.choose(upstreams, None).order, outgoing)  # ITEM
+        assert route.rule is Rule.SESSION
+        assert self.storage is not None
+        return await session_route(request, self.storage, self.directory, route.template, params, outgoing, upstreams)
+
+    async def _by_storage(self, request: Request, fwd: Forwarder, matched: Match, outgoing: Outgoing) -> Response:
+        """A collection or an item: by the database groups that hold it (``api/storage.py``)."""
+        route, params = matched.route, matched.params
+        assert route is not None
+        storage = self.storage
+        assert storage is not None
+        pairs = request.query_params.multi_items()
+        content_type = request.headers.get("content-type", "")
+        db_id = params.get("db_id") or named_value(pairs, outgoing.body, content_type, "db_id")
+        if request.method == "DELETE":
+            return await storage.everywhere(request, outgoing, db_id)
+        if route.rule is Rule.ITEM:
+            return await storage.lookup(request, outgoing, db_id, key=params[route.parameters[0]])
+        if request.method == "GET":
+            return await storage.read(request, route.template, outgoing, db_id)
+        user_id = named_value(pairs, outgoing.body, content_type, "user_id")
+        return await storage.write(request, outgoing, db_id, user_id)
 
     def _upstreams(self, request: Request, fwd: Forwarder, route: Route, params: dict) -> List[Upstream]:  # type: ignore[type-arg]
         """The entity's upstreams for an agent's, a team's or a workflow's route; else all."""
@@ -142,6 +165,8 @@ async def _streams(request: Request, route: Route) -> bool:
     return False
 
 
-def install(app, directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter) -> None:  # type: ignore[no-untyped-def]
+def install(  # type: ignore[no-untyped-def]
+    app, directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter, storage: Optional[StorageRouter] = None
+) -> None:
     """Make the table's forwarder what the app's router runs when none of its routes matches."""
-    app.router.default = Passthrough(app.router.default, directory, forwarder, limiter)
+    app.router.default = Passthrough(app.router.default, directory, forwarder, limiter, storage)

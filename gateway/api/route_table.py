@@ -8,20 +8,22 @@ config, listings) or the generic forwarder (``api/passthrough.py``) does.
 
 The rules, by what decides the upstream:
 
-* ``SESSION``: the session id (rendezvous hashing over the entity's upstreams): runs, session routes.
+* ``SESSION``: the session id: runs, fork and compact by rendezvous hashing over the entity's
+  upstreams; ``/sessions/{session_id}...`` by the database groups in the session's rendezvous
+  order, deletes to every group (``api/sessions.py``).
 * ``RUN``: the run's recorded owner (``Forwarder.run_owners``) when usable, else the ``session_id``
   form or query field, else the ``ITEM`` rule.
-* ``COLLECTION``: a family's list, its create, its bulk operations: any usable upstream.
-* ``ITEM``: one stored object: any usable upstream; on a 404 the next one, in order, until one does
-  not answer 404.
+* ``COLLECTION``: a family's list (merged over the database groups), its create (the group of
+  its ``db_id``, else of its ``user_id``), its bulk delete (every group): ``api/storage.py``.
+* ``ITEM``: one stored object: each database group in turn until one does not answer 404; a
+  delete to every group.
 * ``OS_WIDE``: what describes the AgentOS itself (``/info``, ``/registry``, ``/knowledge/config``):
   any usable upstream (``/config`` and the listings are merged by their own handlers).
 * ``LOCAL``: the gateway answers itself (``/health``).
 * ``NOT_FORWARDED``: never sent to an upstream; ``reason`` says why.
 
-COLLECTION, ITEM and OS_WIDE are exact while every upstream shares one database (the documented
-deployment for now): any upstream then sees every memory, trace or eval run. Upstreams with
-databases of their own would need lists merged per database group (DESIGN.md 3.1): a later step.
+Database groups are the upstreams that report the same database ids (``balancing/storage.py``);
+with one group (every upstream on one database) COLLECTION and ITEM are plain forwards.
 
 Limits (``api/limits.py``): ``STARTS_RUN`` takes a run slot, and a stream slot when the request
 streams; ``HOLDS_STREAM`` a stream slot when it streams; ``OTHER`` nothing.
@@ -142,12 +144,12 @@ def _runnable(kind: str, param: str) -> List[Route]:
     ]
     if kind != "workflows":
         routes += [
-            _routes("POST", f"{base}/sessions/{{session_id}}/fork", S, **OWN),
+            _routes("POST", f"{base}/sessions/{{session_id}}/fork", S),
             _routes("GET", f"{runs}/{{run_id}}/checkpoints", R),
             _routes("GET", f"{runs}/{{run_id}}/checkpoints/{{message_index}}", R),
         ]
     if kind == "agents":
-        routes.append(_routes("POST", f"{base}/sessions/{{session_id}}/compact", S, **OWN))
+        routes.append(_routes("POST", f"{base}/sessions/{{session_id}}/compact", S))
     return routes
 
 
@@ -159,15 +161,15 @@ ROUTES: Tuple[Route, ...] = (
     _routes("GET", "/health", Rule.LOCAL, **OWN),
     _routes("GET", "/metrics", Rule.NOT_FORWARDED, reason=METRICS_REASON, **OWN),
     _routes("GET", "/config", W, **OWN),  # merged from the probes
-    # sessions (api/sessions.py)
-    _routes("GET DELETE", "/sessions", C, **OWN),
-    _routes("POST", "/sessions", S, **OWN),  # created where its entity's runs will go
-    _routes("GET DELETE PATCH", "/sessions/{session_id}", S, **OWN),
-    _routes("GET", "/sessions/{session_id}/media/{storage_key}", S, **OWN),
-    _routes("POST", "/sessions/{session_id}/rename", S, **OWN),
-    _routes("GET", "/sessions/{session_id}/run-previews", S, **OWN),
-    _routes("GET", "/sessions/{session_id}/runs", S, **OWN),
-    _routes("GET", "/sessions/{session_id}/runs/{run_id}", S, **OWN),
+    # sessions: merged lists, deletes everywhere, the rest by the session (api/sessions.py)
+    _routes("GET DELETE", "/sessions", C),
+    _routes("POST", "/sessions", S),  # created where its entity's runs will go
+    _routes("GET DELETE PATCH", "/sessions/{session_id}", S),
+    _routes("GET", "/sessions/{session_id}/media/{storage_key}", S),
+    _routes("POST", "/sessions/{session_id}/rename", S),
+    _routes("GET", "/sessions/{session_id}/run-previews", S),
+    _routes("GET", "/sessions/{session_id}/runs", S),
+    _routes("GET", "/sessions/{session_id}/runs/{run_id}", S),
     # approvals
     _routes("GET", "/approvals", C),
     _routes("GET", "/approvals/count", C),

@@ -20,6 +20,7 @@ from typing import List, Optional, Tuple
 from gateway.api.auth import Keyring
 from gateway.api.forwarding import Forwarder
 from gateway.api.limits import Limiter
+from gateway.api.storage import StorageRouter
 from gateway.local import LocalRegistry
 from gateway.pool import Pool
 from gateway.routing import Directory
@@ -37,6 +38,7 @@ class Services:
     directory: Directory
     limiter: Limiter
     keyring: Keyring
+    storage: Optional[StorageRouter] = None  # routing by database group (None without upstreams)
     config_path: Optional[str] = None  # what a reload reads (None: $GATEWAY_CONFIG or the embedded default)
     draining: bool = False  # set on SIGTERM: /ready answers 503 so load balancers stop sending
     reloads: int = field(default=0)
@@ -53,6 +55,7 @@ class Services:
             directory=Directory(registry, pool, settings.on_conflict),
             limiter=Limiter(settings.limits),
             keyring=Keyring(settings.auth.keys),
+            storage=StorageRouter(forwarder) if forwarder is not None else None,
             config_path=config_path,
         )
 

@@ -1,10 +1,12 @@
-"""AgentOS's session routes, routed by session id.
+"""AgentOS's session routes (the route table's ``SESSION`` rule), routed by the session.
 
-A session lives where its runs ran: the upstream its id hashes to among those serving its entity.
-Routes that name only the session (``/sessions/{id}...``) cannot know the entity, so they try the
-usable upstreams in the session's rendezvous order and answer with the first that knows it (not
-404). Listing and creating without a session go to one upstream (with a shared database, as in the
-compose deployment, every upstream sees every session); a bulk delete goes to all.
+A session lives where its runs ran: the upstream its id hashes to among those serving its entity,
+and so in that upstream's database group. ``/sessions/{id}[...]`` names no entity, so the groups
+are asked in the rendezvous order of the session id, one upstream each, until one knows it (not
+404); a delete goes to every group (``api/storage.py``). ``POST /sessions`` names its entity: the
+session is created where that entity's runs will go. Fork and compact (``/{kind}/{id}/sessions/
+{session_id}/...``) go by the session over the entity's upstreams, as its runs do. ``GET
+/sessions`` (merged) and ``DELETE /sessions`` (every group) are collection routes.
 """
 
 from __future__ import annotations
@@ -12,76 +14,42 @@ from __future__ import annotations
 import json
 from typing import List, Optional, Tuple
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from starlette.requests import Request
+from starlette.responses import Response
 
-from gateway.api.forwarding import Forwarder, new_session, upstream_path
-from gateway.api.runs import resolve
+from gateway.api.forwarding import new_session
+from gateway.api.storage import StorageRouter, named_value
 from gateway.pool import Upstream
-from gateway.sender import Outgoing
 from gateway.routing import Directory, Remote
+from gateway.sender import Outgoing
 from gateway.wire.ids import check_id
 from gateway.wire.kinds import EntityKind
 
-SESSION_METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+
+async def session_route(
+    request: Request, storage: StorageRouter, directory: Directory, template: str, params: dict, outgoing: Outgoing,
+    upstreams: List[Upstream],
+) -> Response:  # fmt: skip
+    """Answer a ``SESSION`` route; ``upstreams``: the entity's, for an entity's session route."""
+    forwarder = storage.forwarder
+    pairs = request.query_params.multi_items()
+    db_id = named_value(pairs, outgoing.body, request.headers.get("content-type", ""), "db_id")
+    session_id = params.get("session_id")
+    if session_id is None:  # POST /sessions
+        upstreams, session_id, outgoing.body = creation_target(directory, outgoing.body or b"", [])
+        if not upstreams:  # no entity the gateway forwards: stored like any other write
+            user_id = named_value(pairs, outgoing.body, request.headers.get("content-type", ""), "user_id")
+            return await storage.write(request, outgoing, db_id, user_id)
+        return await storage.by_session(request, upstreams, session_id, outgoing, db_id)
+    check_id("session_id", session_id)
+    if not template.startswith("/sessions/"):  # an entity's fork or compact
+        return await storage.by_session(request, upstreams, session_id, outgoing, db_id)
+    if request.method == "DELETE":
+        return await storage.everywhere(request, outgoing, db_id)
+    return await storage.lookup(request, outgoing, db_id, key=session_id)
 
 
-async def _outgoing(request: Request) -> Outgoing:
-    return Outgoing(request.method, upstream_path(request), body=await request.body() or None)
-
-
-def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> APIRouter:
-    router = APIRouter(tags=["AgentOS sessions"])
-    if forwarder is None:
-        return router  # local components' sessions are not served over HTTP by the gateway
-
-    def everyone() -> List[Upstream]:
-        return list(forwarder.pool.upstreams.values())
-
-    async def first_that_knows(request: Request, order: List[str]) -> Response:
-        return await forwarder.first_that_knows(request, order, await _outgoing(request))
-
-    @router.api_route("/sessions", methods=["GET", "POST", "DELETE"], summary="List, create or delete sessions")
-    async def sessions(request: Request) -> Response:
-        if request.method == "DELETE":  # the ids may live on any upstream
-            return await first_that_knows(request, forwarder.choose(everyone(), None).order)
-        outgoing = await _outgoing(request)
-        upstreams, session_id = everyone(), None
-        if request.method == "POST":
-            upstreams, session_id, outgoing.body = _creation_target(directory, outgoing.body or b"", upstreams)
-        choice = forwarder.choose(upstreams, session_id)
-        return await forwarder.forward(request, choice, outgoing, with_affinity=False)
-
-    @router.api_route("/sessions/{session_id}", methods=SESSION_METHODS, summary="One session")
-    @router.api_route("/sessions/{session_id}/{rest:path}", methods=SESSION_METHODS, summary="A session's parts")
-    async def session(session_id: str, request: Request, rest: str = "") -> Response:
-        check_id("session_id", session_id)
-        return await first_that_knows(request, forwarder.choose(everyone(), session_id).order)
-
-    for kind in EntityKind:
-        _add_entity_session_route(router, kind, directory, forwarder)
-    return router
-
-
-def _add_entity_session_route(router: APIRouter, kind: EntityKind, directory: Directory, forwarder: Forwarder) -> None:
-    async def entity_session(entity_id: str, session_id: str, action: str, request: Request) -> Response:
-        target = resolve(directory, kind, entity_id)
-        check_id("session_id", session_id)
-        if not isinstance(target, Remote):
-            return Response(status_code=501)
-        choice = forwarder.choose(target.upstreams, session_id)
-        return await forwarder.forward(request, choice, await _outgoing(request), with_affinity=False)
-
-    router.add_api_route(
-        f"/{kind.path}/{{entity_id}}/sessions/{{session_id}}/{{action}}",
-        entity_session,
-        methods=["POST"],
-        summary=f"Fork or compact a {kind.name.lower()} session",
-        name=f"{kind.name.lower()}_session_action",
-    )
-
-
-def _creation_target(
+def creation_target(
     directory: Directory, body: bytes, everyone: List[Upstream]
 ) -> Tuple[List[Upstream], Optional[str], bytes]:
     """``POST /sessions`` names its entity: the session is created where its runs will go, with

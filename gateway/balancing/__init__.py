@@ -18,6 +18,7 @@ from gateway.balancing.health import (
     may_eject,
 )
 from gateway.balancing.retry_budget import RetryBudget
+from gateway.balancing.storage import StorageGroup, StorageMode, group_of_db, storage_groups
 
 __all__ = [
     "ActiveState",
@@ -30,11 +31,15 @@ __all__ = [
     "OutlierPolicy",
     "Probe",
     "RetryBudget",
+    "StorageGroup",
+    "StorageMode",
     "UPSTREAM_FAILURES",
     "UpstreamHealth",
     "choose",
+    "group_of_db",
     "in_panic",
     "may_eject",
     "pick",
     "rank",
+    "storage_groups",
 ]
