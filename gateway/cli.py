@@ -377,6 +377,7 @@ def _demo_with_upstreams(args: argparse.Namespace) -> int:
         upstream_names,
         upstream_ports,
     )
+    from gateway.settings import admin_port_problem
 
     # SIGTERM (and a closed terminal) must unwind through the ``with`` that stops the children:
     # uvicorn restores this handler after its graceful shutdown and raises the signal again.
