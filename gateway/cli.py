@@ -99,8 +99,8 @@ def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, s
 
 
 def _serve_app(
-    app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0, header_timeout_s: Optional[float] = None,
-    admin: Any = None,
+    app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0,
+    header_timeout_s: Optional[float] = None, admin: Any = None,
 ) -> None:  # fmt: skip
     _run(app, host=host, port=port, fd=fd, grace_s=grace_s, header_timeout_s=header_timeout_s, admin=admin)
 
@@ -190,7 +190,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update=overrides)
         if args.admin_port is not None:
             settings = _with_admin_port(settings, args.admin_port)
-        problem = admin_port_problem(settings.port, settings.admin.port) if args.fd is None and args.admin_fd is None else None
+        binds_both = args.fd is None and args.admin_fd is None  # inherited sockets have their ports
+        problem = admin_port_problem(settings.port, settings.admin.port) if binds_both else None
         if problem:
             raise ConfigError(problem)
     except ConfigError as error:
@@ -354,7 +355,8 @@ def _demo_in_process(args: argparse.Namespace) -> int:
         return _cannot_listen("the admin listener", args.host, args.admin_port, error)
     admin_port = admin.getsockname()[1]
     try:
-        settings = _with_admin_port(load_settings(None).model_copy(update={"host": args.host, "port": args.port}), admin_port)
+        settings = load_settings(None).model_copy(update={"host": args.host, "port": args.port})
+        settings = _with_admin_port(settings, admin_port)
         app = create_app(settings)
     except ConfigError as error:
         return _fail_config(error)
@@ -466,7 +468,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--fd", type=int, help="serve on this inherited listening socket")
     serve.add_argument(
         "--admin-port", type=port_number,
-        help="the admin listener's port: GET /metrics (Prometheus) and /admin (default 9901, or the config's admin.port)",
+        help="the admin listener's port: GET /metrics (Prometheus) and /admin (default: the config's admin.port, 9901)",
     )  # fmt: skip
     serve.add_argument("--admin-fd", type=int, help="serve the admin listener on this inherited listening socket")
     serve.add_argument(
