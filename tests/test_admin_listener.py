@@ -18,6 +18,7 @@ import httpx
 import pytest
 from agno.client import AgentOSClient
 
+from tests.helpers import eventually_async
 from tests.pools import ADMIN_KEY, FAST_HEALTH, start_gateway, start_upstreams
 from tests.processes import Server, start_server
 
@@ -186,10 +187,16 @@ async def test_agentos_client_metrics_through_the_gateway_answer_as_agentos(
     assert from_gateway.model_dump() == from_upstream.model_dump()
     assert from_gateway.metrics and from_gateway.metrics[0].agent_runs_count >= 2
 
+    async def finished(client: AgentOSClient, **kwargs: Any) -> Any:
+        status = await client.get_metrics_refresh_status(**kwargs)
+        return status if status.status != "running" else None
+
+    # one background refresh at a time per database (AgentOS answers "already_running" otherwise)
     background = await through.refresh_metrics(background=True, headers=CLIENT)
+    seen = await eventually_async(lambda: finished(through, headers=CLIENT), what="the refresh through the gateway")
     assert _dumped(background) == _dumped(await direct.refresh_metrics(background=True))
-    status = await through.get_metrics_refresh_status(headers=CLIENT)
-    assert status.model_dump().keys() == (await direct.get_metrics_refresh_status()).model_dump().keys()
+    direct_seen = await eventually_async(lambda: finished(direct), what="the refresh on the upstream")
+    assert (seen.status, seen.model_dump().keys()) == (direct_seen.status, direct_seen.model_dump().keys())
 
 
 def _comparable_days(days: List[Any]) -> List[Dict[str, Any]]:
