@@ -91,7 +91,7 @@ class ObserveMiddleware:
         self, app: ASGIApp, *, access_log: bool = True, max_header_bytes: int = 1 << 30, kind: Optional[str] = None
     ) -> None:
         self.app = app
-        self.kind = kind  # the ``kind`` label of every request here (the admin listener's: "admin"), else the route's
+        self.kind = kind  # every request's ``kind`` label (the admin listener's: "admin"); None: the route's
         self.max_header_bytes = max_header_bytes
         self.access_log = AccessLogWriter.shared() if access_log else None
         self._requests: Dict[Tuple[str, str, str, int], Any] = {}
