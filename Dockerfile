@@ -40,7 +40,8 @@ COPY --from=builder /opt/venv /opt/venv
 
 USER 10001:10001
 WORKDIR /home/gateway
-EXPOSE 7777
+# 7777: the public port (AgentOS's API); 9901: the admin listener (Prometheus scrape, /admin)
+EXPOSE 7777 9901
 
 # GET /health on the port this container serves (7777 unless GATEWAY_PORT says otherwise); the slim
 # image has no curl, so Python's urllib: a refused connection or a non-2xx answer exits non-zero.

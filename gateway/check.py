@@ -77,6 +77,8 @@ def describe_settings(settings: Settings) -> List[str]:
         f"max_body_bytes={settings.max_body_bytes}",
         f"on_conflict={settings.on_conflict} panic_threshold_percent={_value(settings.panic_threshold_percent)} "
         f"max_connections_per_upstream={settings.max_connections_per_upstream}",
+        f"admin: port={settings.admin.port} (GET /metrics for Prometheus, /admin) admin_key="
+        f"{'set' if settings.admin_key else 'none: /admin answers 403'}",
     ]
     lines += [f"{name}: {_fields(getattr(settings, name))}" for name in SECTIONS]
     # The origins as the gateway will allow them: AgentOS's defaults are not in the file.

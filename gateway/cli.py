@@ -1,12 +1,13 @@
 """``agentos-gateway``: serve the gateway, check a config, run a demo AgentOS upstream, or the demo.
 
-    agentos-gateway serve [--config FILE] [--host H] [--port 7777]
+    agentos-gateway serve [--config FILE] [--host H] [--port 7777] [--admin-port 9901]
     agentos-gateway check-config [FILE]
     agentos-gateway upstream --name NAME [--port 7777] [--db sqlite:///FILE]
-    agentos-gateway demo [--upstreams 2] [--port 7777] [--upstream-base-port 7778]
+    agentos-gateway demo [--upstreams 2] [--port 7777] [--upstream-base-port 7778] [--admin-port 9901]
 
 ``--fd N`` (serve, upstream) listens on an inherited, already-bound socket instead of binding:
-socket activation, and race-free ports for tests.
+socket activation, and race-free ports for tests; ``--admin-fd N`` (serve) does the same for the
+admin listener (``GET /metrics`` for Prometheus and ``/admin``: ``gateway/api/admin_listener.py``).
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def port_number(text: str) -> int:
 
 
 def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, server_class: Any = None,
-         workers: int = 1, header_timeout_s: Optional[float] = None) -> None:  # fmt: skip
-    """uvicorn on ``host:port``, or on an inherited socket ``fd``.
+         workers: int = 1, header_timeout_s: Optional[float] = None, admin: Any = None) -> None:  # fmt: skip
+    """uvicorn on ``host:port``, or on an inherited socket ``fd``; and on the admin listener's
+    socket ``admin`` when there is one: the same server (and each worker) serves both, the app
+    telling them apart (``api/admin_listener.py``), so one lifespan, one drain and one reload
+    cover both.
 
     An inherited socket is handed to uvicorn as a socket object of its real family: given the
     bare fd, uvicorn takes it for a Unix socket, and the TCP connections it accepts then lack
@@ -74,27 +78,56 @@ def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, s
         options.update(factory=True, workers=workers)
     if fd is None:
         config = uvicorn.Config(app, host=host, port=port, **options)
-        listener = config.bind_socket() if workers > 1 else None
+        listener = config.bind_socket() if workers > 1 or admin is not None else None
     else:
         config = uvicorn.Config(app, **options)
         listener = sockets.socket(fileno=os.dup(fd))  # uvicorn closes its copy; the owner keeps fd
+    listeners = [sock for sock in (listener, admin) if sock is not None] or None
+    if admin is not None:
+        admin_host, admin_port = admin.getsockname()[:2]
+        logging.getLogger("uvicorn.error").info(
+            "Admin listener on http://%s:%d: GET /metrics (Prometheus), /admin", admin_host, admin_port
+        )
     server = (server_class or uvicorn.Server)(config)
     try:
         if workers > 1:
-            Multiprocess(config, sockets=[listener]).run()
+            Multiprocess(config, sockets=listeners).run()
         else:
-            server.run(sockets=[listener] if listener is not None else None)
+            server.run(sockets=listeners)
     except KeyboardInterrupt:  # Ctrl-C after a clean shutdown: exit 0, as uvicorn.run does
         pass
 
 
 def _serve_app(
-    app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0, header_timeout_s: Optional[float] = None
-) -> None:
-    _run(app, host=host, port=port, fd=fd, grace_s=grace_s, header_timeout_s=header_timeout_s)
+    app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float = 30.0,
+    header_timeout_s: Optional[float] = None, admin: Any = None,
+) -> None:  # fmt: skip
+    _run(app, host=host, port=port, fd=fd, grace_s=grace_s, header_timeout_s=header_timeout_s, admin=admin)
 
 
-def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int]) -> None:
+def _admin_socket(host: str, port: int, fd: Optional[int]) -> Any:
+    """The admin listener's socket: the inherited ``fd``, else ``host:port`` bound here, before
+    the app is built, so its real port (``0``: any free one) is known to the app. ``OSError``
+    when the port is taken."""
+    import socket as sockets
+
+    from gateway.demo.upstreams import listening_socket
+
+    if fd is not None:
+        return sockets.socket(fileno=os.dup(fd))  # uvicorn closes its copy; the owner keeps fd
+    return listening_socket(host, port)
+
+
+def _cannot_listen(what: str, host: str, port: int, error: OSError) -> int:
+    print(f"agentos-gateway: cannot listen on {host}:{port} ({what}): {error.strerror or error}", file=sys.stderr)
+    return EXIT_START_FAILED
+
+
+def _with_admin_port(settings: Any, port: int) -> Any:
+    return settings.model_copy(update={"admin": settings.admin.model_copy(update={"port": port})})
+
+
+def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int], admin: Any) -> None:
     """One gateway process. SIGTERM first turns /ready to 503 for ``drain_delay_s`` (load
     balancers stop sending), then closes the listener and lets in-flight work finish for
     ``grace_s``; a second SIGTERM or Ctrl-C stops at once."""
@@ -117,25 +150,27 @@ def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int]) -> None:
 
     _run(
         app, host=settings.host, port=settings.port, fd=fd, grace_s=settings.shutdown.grace_s,
-        server_class=DrainingServer, header_timeout_s=settings.limits.client_header_timeout_s,
+        server_class=DrainingServer, header_timeout_s=settings.limits.client_header_timeout_s, admin=admin,
     )  # fmt: skip
 
 
-def _serve_workers(args: argparse.Namespace, settings: Any) -> None:
+def _serve_workers(args: argparse.Namespace, settings: Any, admin: Any) -> None:
     """``--workers N``: uvicorn's process manager, each worker building the app from the same
-    configuration (passed by environment) and sharing metrics through a multiprocess directory."""
+    configuration (passed by environment: the admin listener's real port too) and sharing
+    metrics through a multiprocess directory."""
     import tempfile
 
     from gateway.metrics import MULTIPROCESS_ENV
-    from gateway.settings import CONFIG_ENV
+    from gateway.settings import ADMIN_PORT_ENV, CONFIG_ENV
 
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    os.environ[ADMIN_PORT_ENV] = str(settings.admin.port)
     os.environ.setdefault(MULTIPROCESS_ENV, tempfile.mkdtemp(prefix="agentos-gateway-metrics-"))
     _run(
         "gateway.api.app:create_worker_app", host=settings.host, port=settings.port, fd=args.fd,
         grace_s=settings.shutdown.grace_s, workers=args.workers,
-        header_timeout_s=settings.limits.client_header_timeout_s,
+        header_timeout_s=settings.limits.client_header_timeout_s, admin=admin,
     )  # fmt: skip
 
 
@@ -147,15 +182,29 @@ def _fail_config(error: Exception) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.local import LocalRegistry
     from gateway.logs import configure_logging
-    from gateway.settings import ConfigError, load_settings
+    from gateway.settings import ConfigError, admin_port_problem, load_settings
 
     try:
         settings = load_settings(args.config)
         overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
         settings = settings.model_copy(update=overrides)
+        if args.admin_port is not None:
+            settings = _with_admin_port(settings, args.admin_port)
+        binds_both = args.fd is None and args.admin_fd is None  # inherited sockets have their ports
+        problem = admin_port_problem(settings.port, settings.admin.port) if binds_both else None
+        if problem:
+            raise ConfigError(problem)
+    except ConfigError as error:
+        return _fail_config(error)
+    try:
+        admin = _admin_socket(settings.host, settings.admin.port, args.admin_fd)
+    except OSError as error:
+        return _cannot_listen("the admin listener", settings.host, settings.admin.port, error)
+    settings = _with_admin_port(settings, admin.getsockname()[1])
+    try:
         if args.workers > 1:
             LocalRegistry.from_config(settings.local)  # fail here, once, rather than in every worker
-            _serve_workers(args, settings)
+            _serve_workers(args, settings, admin)
             return 0
         from gateway.api.app import create_app
 
@@ -163,7 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _fail_config(error)
     configure_logging()
-    _serve_gateway(app, settings, fd=args.fd)
+    _serve_gateway(app, settings, fd=args.fd, admin=admin)
     return 0
 
 
@@ -233,6 +282,9 @@ agentos-gateway demo: http://{host}:{port} serves echo-agent, echo-team and echo
 
   # what is served, in AgentOS's shape
   curl -s http://{host}:{port}/config
+
+  # the gateway's own Prometheus metrics, on its admin listener (its /admin API needs admin_key)
+  curl -s http://{host}:{admin_port}/metrics | grep agentos_gateway_requests_total
 """
 
 POOL_DEMO_HEADER = """\
@@ -267,6 +319,10 @@ POOL_DEMO_LINES = """
   # what is served, merged from every upstream, in AgentOS's shape
   curl -s {url}/config
 
+  # the gateway's own Prometheus metrics and upstream health, on its admin listener
+  # (its /admin API needs admin_key)
+  curl -s {admin_url}/metrics | grep agentos_gateway_upstream_healthy
+
 Ctrl-C stops the gateway and its {count} upstream(s).
 """
 
@@ -276,6 +332,10 @@ def _shown_host(host: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.settings import DEFAULT_ADMIN_PORT
+
+    if args.admin_port is None:
+        args.admin_port = DEFAULT_ADMIN_PORT
     if args.upstreams == 0:
         return _demo_in_process(args)
     return _demo_with_upstreams(args)
@@ -284,15 +344,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _demo_in_process(args: argparse.Namespace) -> int:
     """The demo components served by the gateway itself."""
     from gateway.api.app import create_app
-    from gateway.settings import ConfigError, load_settings
+    from gateway.settings import ConfigError, admin_port_problem, load_settings
 
+    problem = admin_port_problem(args.port, args.admin_port)
+    if problem:
+        return _fail_config(problem)
+    try:
+        admin = _admin_socket(args.host, args.admin_port, None)
+    except OSError as error:
+        return _cannot_listen("the admin listener", args.host, args.admin_port, error)
+    admin_port = admin.getsockname()[1]
     try:
         settings = load_settings(None).model_copy(update={"host": args.host, "port": args.port})
+        settings = _with_admin_port(settings, admin_port)
         app = create_app(settings)
     except ConfigError as error:
         return _fail_config(error)
-    print(DEMO_LINES.format(host=_shown_host(args.host), port=args.port), flush=True)
-    _serve_app(app, host=args.host, port=args.port, fd=None, header_timeout_s=settings.limits.client_header_timeout_s)
+    print(DEMO_LINES.format(host=_shown_host(args.host), port=args.port, admin_port=admin_port), flush=True)
+    timeout = settings.limits.client_header_timeout_s
+    _serve_app(app, host=args.host, port=args.port, fd=None, header_timeout_s=timeout, admin=admin)
     return 0
 
 
@@ -309,31 +379,42 @@ def _demo_with_upstreams(args: argparse.Namespace) -> int:
         upstream_names,
         upstream_ports,
     )
+    from gateway.settings import admin_port_problem
 
     # SIGTERM (and a closed terminal) must unwind through the ``with`` that stops the children:
     # uvicorn restores this handler after its graceful shutdown and raises the signal again.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
+    problem = admin_port_problem(args.port, args.admin_port)
+    if problem:
+        return _fail_config(problem)
     try:
         gateway_socket = listening_socket(args.host, args.port)
     except OSError as error:
         reason = error.strerror or error
         print(f"agentos-gateway demo: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return EXIT_START_FAILED
-    port = gateway_socket.getsockname()[1]
+    try:
+        admin_socket = listening_socket(args.host, args.admin_port)
+    except OSError as error:
+        gateway_socket.close()
+        return _cannot_listen("the admin listener", args.host, args.admin_port, error)
+    port, admin_port = gateway_socket.getsockname()[1], admin_socket.getsockname()[1]
     names = upstream_names(args.upstreams)
     try:
-        with gateway_socket, UpstreamProcesses() as children:
+        with gateway_socket, admin_socket, UpstreamProcesses() as children:
             for name, upstream_port in zip(names, upstream_ports(port, args.upstream_base_port, len(names))):
                 children.start(name, args.host, upstream_port)
             children.wait_until_up()
             try:
-                app = _pool_demo_app(args.host, port, children.children)
+                app = _pool_demo_app(args.host, port, admin_port, children.children)
             except ValueError as error:  # ConfigError, or a GATEWAY_* variable pydantic refused
                 return _fail_config(error)
-            print(_pool_demo_lines(_shown_host(args.host), port, children.children), flush=True)
+            print(_pool_demo_lines(_shown_host(args.host), port, admin_port, children.children), flush=True)
             timeout = app.state.services.settings.limits.client_header_timeout_s
-            _serve_app(app, host=args.host, port=port, fd=gateway_socket.fileno(), header_timeout_s=timeout)
+            _serve_app(
+                app, host=args.host, port=port, fd=gateway_socket.fileno(), header_timeout_s=timeout, admin=admin_socket
+            )
     except DemoStartError as error:
         print(f"agentos-gateway demo: {error}", file=sys.stderr)
         return EXIT_START_FAILED
@@ -342,16 +423,17 @@ def _demo_with_upstreams(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pool_demo_app(host: str, port: int, children: List[Any]) -> Any:
+def _pool_demo_app(host: str, port: int, admin_port: int, children: List[Any]) -> Any:
     """The gateway in front of ``children``, nothing local (so no id is served twice)."""
     from gateway.api.app import create_app
-    from gateway.settings import LocalEntities, Settings, UpstreamConfig
+    from gateway.settings import AdminSettings, LocalEntities, Settings, UpstreamConfig
 
     upstreams = [UpstreamConfig(name=child.name, url=child.url, weight=1.0) for child in children]
-    return create_app(Settings(host=host, port=port, upstreams=upstreams, local=LocalEntities()))
+    admin = AdminSettings(port=admin_port)
+    return create_app(Settings(host=host, port=port, upstreams=upstreams, local=LocalEntities(), admin=admin))
 
 
-def _pool_demo_lines(host: str, port: int, children: List[Any]) -> str:
+def _pool_demo_lines(host: str, port: int, admin_port: int, children: List[Any]) -> str:
     from gateway.demo.upstreams import sessions_on_different_upstreams
 
     (first, first_home), (second, second_home) = sessions_on_different_upstreams([c.name for c in children])
@@ -362,8 +444,9 @@ def _pool_demo_lines(host: str, port: int, children: List[Any]) -> str:
     listing = "\n".join(f"  {c.name}  {c.url}  (pid {c.process.pid})" for c in children)
     header = POOL_DEMO_HEADER.format(host=host, port=port, count=len(children), upstreams=listing)
     lines = POOL_DEMO_LINES.format(
-        url=f"http://{host}:{port}", sessions=sessions, first=first, second=second, count=len(children)
-    )
+        url=f"http://{host}:{port}", admin_url=f"http://{host}:{admin_port}", sessions=sessions, first=first,
+        second=second, count=len(children),
+    )  # fmt: skip
     return header + lines
 
 
@@ -383,6 +466,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, or the config's host)")
     serve.add_argument("--port", type=port_number, help="port to bind (default 7777, or the config's port)")
     serve.add_argument("--fd", type=int, help="serve on this inherited listening socket")
+    serve.add_argument(
+        "--admin-port", type=port_number,
+        help="the admin listener's port: GET /metrics (Prometheus) and /admin (default: the config's admin.port, 9901)",
+    )  # fmt: skip
+    serve.add_argument("--admin-fd", type=int, help="serve the admin listener on this inherited listening socket")
     serve.add_argument(
         "--workers", type=lambda text: _bounded_int(text, 1, 64, "a number of workers"), default=1,
         help="worker processes (metrics are merged across them)",
@@ -412,6 +500,10 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=port_number, default=7777, help="the gateway's port (0: any free one)")
+    demo.add_argument(
+        "--admin-port", type=port_number,
+        help="the gateway's admin listener: GET /metrics (Prometheus) and /admin (default 9901; 0: any free one)",
+    )  # fmt: skip
     demo.add_argument(
         "--upstream-base-port", type=port_number,
         help="the first upstream's port, the next ones after it (default: the gateway's port + 1; 0: any free ones)",

@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)  # fmt: skip
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from gateway.errors import ConfigError
 
 DEFAULT_PORT = 7777
+DEFAULT_ADMIN_PORT = 9901  # Envoy's admin port
+ADMIN_PORT_ENV = "GATEWAY_ADMIN__PORT"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 CONFIG_ENV = "GATEWAY_CONFIG"
 ENV_PREFIX = "GATEWAY_"
@@ -215,6 +219,15 @@ class ShutdownSettings(Strict):
     grace_s: float = Field(30.0, ge=0, description="then in-flight work has this long to finish")
 
 
+class AdminSettings(Strict):
+    """The admin listener (Envoy's): the Prometheus scrape and the ``/admin`` API on a port of
+    their own, bound to the public listener's ``host``, never on the port that faces clients."""
+
+    port: int = Field(
+        DEFAULT_ADMIN_PORT, ge=0, le=65535, description="port of GET /metrics (Prometheus) and /admin; 0: any free one"
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of the gateway, with its default."""
 
@@ -258,6 +271,15 @@ class Settings(BaseSettings):
     admin_key: Optional[str] = Field(
         None, min_length=16, repr=False, description="Bearer key of /admin; unset: the admin API is off"
     )
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+
+    @field_validator("admin")
+    @classmethod
+    def _admin_port_apart(cls, admin: AdminSettings, info: ValidationInfo) -> AdminSettings:
+        problem = admin_port_problem(info.data.get("port"), admin.port)
+        if problem:
+            raise ValueError(problem)
+        return admin
 
     @field_validator("upstreams")
     @classmethod
@@ -285,6 +307,13 @@ class Settings(BaseSettings):
     ) -> Tuple[PydanticBaseSettingsSource, ...]:
         # The environment wins over the file (passed in as init values): 12-factor overrides.
         return env_settings, init_settings, file_secret_settings
+
+
+def admin_port_problem(port: Optional[int], admin_port: int) -> Optional[str]:
+    """Why the admin listener cannot have ``admin_port`` next to the public ``port``, or None."""
+    if admin_port and admin_port == port:
+        return f"admin.port {admin_port} is the public port too: the admin listener needs a port of its own"
+    return None
 
 
 def load_settings(path: Optional[os.PathLike[str] | str] = None) -> Settings:

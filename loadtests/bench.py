@@ -65,7 +65,7 @@ JSON_FORM = {"message": "what is 6 * 7", "stream": "false", "session_id": "bench
 SSE_FORM = {"message": "hello there", "stream": "true", "session_id": "bench-s1", "bench_events": str(SSE_EVENTS)}
 STAMP = re.compile(rb'"bench_sent_ns":(\d+)')
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-OPTIONAL_GATEWAY_SECTIONS = ("auth",)
+OPTIONAL_GATEWAY_SECTIONS = ("auth", "admin")
 
 
 def say(message: str) -> None:
@@ -360,6 +360,7 @@ def gateway_config(name: str, upstreams: Sequence[Tuple[str, str]], drop: Sequen
         # 1,000 held streams plus the other runs must not wait for a pooled connection.
         "max_connections_per_upstream": 4096,
         "auth": {"keys": [{"name": "bench", "key": BENCH_KEY}]},
+        "admin": {"port": 0},  # the admin listener on any free port: never the fixed default
     }
     for section in drop:
         config.pop(section, None)

@@ -79,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(log, "wb") as out:
         demo = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "demo", "--upstreams", str(args.upstreams), "--port", str(port),
-             "--upstream-base-port", "0"],
+             "--upstream-base-port", "0", "--admin-port", "0"],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches this script, which stops the demo in order
         )  # fmt: skip

@@ -68,8 +68,8 @@ def answered_by(content: str) -> Tuple[str, int]:
 
 
 async def upstream_states(gateway: Server) -> Dict[str, Dict[str, Any]]:
-    """``GET /admin/upstreams`` of a gateway, by upstream name."""
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+    """``GET /admin/upstreams`` of a gateway (its admin listener), by upstream name."""
+    async with httpx.AsyncClient(base_url=gateway.admin_url, timeout=10) as client:
         response = await client.get("/admin/upstreams", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     response.raise_for_status()
     return {upstream["name"]: upstream for upstream in response.json()}

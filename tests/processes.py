@@ -3,7 +3,9 @@
 Each server gets a listening socket bound here and inherited (``--fd``): the port is known before
 the process starts and cannot be taken by anyone else. A connection made before the app is up
 waits in the socket's backlog, so the first request is itself the readiness signal: no polling.
-If the process dies, its socket closes and that request fails at once.
+If the process dies, its socket closes and that request fails at once. A gateway (``serve``) also
+gets its admin listener's socket so (``--admin-fd``): ``Server.admin_url`` serves ``GET /metrics``
+(Prometheus) and ``/admin``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class Server:
     log_path: Path
     args: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
+    admin_port: Optional[int] = None  # a gateway's admin listener (the Prometheus scrape, /admin)
+
+    @property
+    def admin_url(self) -> str:
+        assert self.admin_port is not None, f"{self.name} has no admin listener"
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -50,9 +58,11 @@ class Server:
 
 
 def restart(server: Server, log_dir: Path) -> Server:
-    """The same server again, on the same port (after it was stopped or killed)."""
+    """The same server again, on the same ports (after it was stopped or killed)."""
     server.stop()
-    return start_server(server.name, server.args, log_dir, env=server.env, port=server.port)
+    return start_server(
+        server.name, server.args, log_dir, env=server.env, port=server.port, admin_port=server.admin_port or 0
+    )
 
 
 def _listening_socket(port: int = 0) -> socket.socket:
@@ -65,28 +75,40 @@ def _listening_socket(port: int = 0) -> socket.socket:
 
 
 def start_server(
-    name: str, args: List[str], log_dir: Path, env: Optional[Dict[str, str]] = None, port: int = 0
-) -> Server:
-    """``agentos-gateway <args> --fd N``, answering ``GET /health`` before this returns.
-    ``port`` 0 picks a free one; a given port restarts a server where it was."""
+    name: str, args: List[str], log_dir: Path, env: Optional[Dict[str, str]] = None, port: int = 0, admin_port: int = 0,
+    admin_fd: bool = True,
+) -> Server:  # fmt: skip
+    """``agentos-gateway <args> --fd N`` (and ``--admin-fd M`` for ``serve``, unless ``admin_fd``
+    is false: the command line or the configuration then says where the admin listener binds),
+    answering ``GET /health`` before this returns. A port 0 picks a free one; given ports restart
+    a server where it was."""
     sock = _listening_socket(port)
     port = sock.getsockname()[1]
+    sockets = [sock]
+    fd_args = ["--fd", str(sock.fileno())]
+    if args[:1] == ["serve"] and admin_fd:
+        admin = _listening_socket(admin_port)
+        admin_port = admin.getsockname()[1]
+        sockets.append(admin)
+        fd_args += ["--admin-fd", str(admin.fileno())]
     log_path = log_dir / f"{name}.log"
     if log_path.exists():  # a restart: keep the earlier life's log
         log_path.rename(log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
     full_env = {**os.environ, "AGNO_TELEMETRY": "false", **(env or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *args, "--fd", str(sock.fileno())],
-            pass_fds=[sock.fileno()],
+            [sys.executable, "-m", "gateway.cli", *args, *fd_args],
+            pass_fds=[s.fileno() for s in sockets],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-    sock.close()  # the child holds the only copy now
+    for s in sockets:
+        s.close()  # the child holds the only copies now
     server = Server(
-        name=name, url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path, args=args, env=env or {}
-    )
+        name=name, url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path, args=args,
+        env=env or {}, admin_port=admin_port if len(sockets) > 1 else None,
+    )  # fmt: skip
     STARTED.append(server)
     try:
         httpx.get(f"{server.url}/health", timeout=STARTUP_TIMEOUT_S).raise_for_status()

@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import rss_mib
 from tests.pools import answered_by
+from tests.processes import Server
 
 
 def _raw_request(port: int, request: bytes, timeout: float = 10.0) -> bytes:
@@ -190,24 +191,24 @@ async def test_a_run_id_from_a_body_reaches_the_cancel_url_as_one_encoded_segmen
             assert upstream.paths[before:] == [f"/agents/echo-agent/runs/{sent_as}/cancel"]
 
 
-async def _remembered_runs(client: httpx.AsyncClient) -> int:
+async def _remembered_runs(client: httpx.AsyncClient, gateway: Server) -> int:
     from tests.pools import ADMIN_KEY
 
-    runtime = await client.get("/admin/runtime", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    runtime = await client.get(f"{gateway.admin_url}/admin/runtime", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     return runtime.json()["remembered_runs"]
 
 
 async def test_only_runs_an_upstream_accepted_are_remembered(recording) -> None:
     gateway, _ = recording
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        before = await _remembered_runs(client)
+        before = await _remembered_runs(client, gateway)
         for index in range(5):  # answered 503 by the upstream: no run started there
             refused = await client.post("/agents/echo-agent/runs", data={"message": "busy", "stream": "false", "run_id": f"busy-{index}"})
             assert refused.status_code == 503
-        assert await _remembered_runs(client) == before
+        assert await _remembered_runs(client, gateway) == before
         fine = await client.post("/agents/echo-agent/runs", data={"message": "fine", "stream": "false", "run_id": "fine-1"})
         assert fine.status_code == 200
-        assert await _remembered_runs(client) == before + 1
+        assert await _remembered_runs(client, gateway) == before + 1
 
 
 
@@ -216,13 +217,13 @@ async def test_megabyte_ids_are_refused_and_leave_no_trace(recording) -> None:
     gateway, upstream = recording
     big = "r" * 1_000_000
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        paths_before, remembered_before = len(upstream.paths), await _remembered_runs(client)
+        paths_before, remembered_before = len(upstream.paths), await _remembered_runs(client, gateway)
         rss_before = rss_mib(gateway.process.pid)
         for field in ("run_id", "session_id") * 5:
             answer = await client.post("/agents/echo-agent/runs", data={"message": "fine", "stream": "false", field: big})
             assert answer.status_code == 400 and field in answer.json()["detail"], answer.text[:200]
         rss_after = rss_mib(gateway.process.pid)
-        assert upstream.paths[paths_before:] == [] and await _remembered_runs(client) == remembered_before
+        assert upstream.paths[paths_before:] == [] and await _remembered_runs(client, gateway) == remembered_before
     print(f"10 form runs with 1 MB ids: 400 each; gateway RSS {rss_before:.1f} -> {rss_after:.1f} MiB")
     assert rss_after - rss_before < 8, (rss_before, rss_after)
 

@@ -33,7 +33,9 @@ def run_check(name: str, env: Optional[Dict[str, str]] = None) -> subprocess.Com
 
 
 def test_the_examples_are_there() -> None:
-    assert EXAMPLES == ["cors-ui.yaml", "hybrid.yaml", "pool-own-dbs.yaml", "pool-shared-db.yaml", "scoped-keys.yaml"]
+    assert EXAMPLES == [
+        "admin-port.yaml", "cors-ui.yaml", "hybrid.yaml", "pool-own-dbs.yaml", "pool-shared-db.yaml", "scoped-keys.yaml"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -72,3 +74,13 @@ def test_the_cors_example_adds_to_agentos_defaults() -> None:
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("cors: ")]
     assert "http://localhost:3000" in line and "https://os.agno.com" in line
     assert line.endswith(" https://agent-ui.example.com")
+
+
+def test_the_admin_port_example_moves_the_admin_listener() -> None:
+    result = run_check("admin-port.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "admin: port=9100 (GET /metrics for Prometheus, /admin)" in result.stdout
+    moved = run_check("admin-port.yaml", {"GATEWAY_ADMIN__PORT": "9200"})  # the environment wins
+    assert "admin: port=9200 " in moved.stdout, moved.stdout
+    clash = run_check("admin-port.yaml", {"GATEWAY_ADMIN__PORT": "7777"})
+    assert clash.returncode == 2 and "admin.port 7777 is the public port too" in clash.stderr

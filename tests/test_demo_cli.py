@@ -40,6 +40,7 @@ REQUEST_TIMEOUT_S = 30.0
 _GATEWAY_URL = re.compile(r"agentos-gateway demo: (http://\S+) is a gateway")
 _UPSTREAM_LINE = re.compile(r"^  (os-\w+)  (http://\S+)  \(pid (\d+)\)$", re.MULTILINE)
 _CURL = re.compile(r"curl (-\S+) (http://\S+) -H '[^']*'\s+-d '([^']*)'")
+_SCRAPE = re.compile(r"curl -s (http://\S+/metrics) \| grep (\w+)")
 
 
 @dataclass
@@ -79,7 +80,8 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     env = {name: value for name, value in os.environ.items() if not name.upper().startswith("GATEWAY_")}
     with open(log_path, "wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "demo", "--upstreams", "2", "--port", "0", "--upstream-base-port", "0"],
+            [sys.executable, "-m", "gateway.cli", "demo", "--upstreams", "2", "--port", "0", "--upstream-base-port", "0",
+             "--admin-port", "0"],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -167,6 +169,11 @@ def test_the_printed_sessions_land_on_two_instances_and_ctrl_c_stops_everything(
             frames = stream.read().decode()
         assert "event: RunCompleted" in frames
 
+        (scrape_url, metric), = _SCRAPE.findall(printed)  # the admin listener's Prometheus scrape
+        assert scrape_url != f"{gateway_url}/metrics"
+        scrape = client.get(scrape_url)
+        assert scrape.status_code == 200 and f'{metric}{{upstream="os-a"}} 1.0' in scrape.text, scrape.text[:500]
+
     assert _stop(demo, signal.SIGINT) == 0  # uvicorn's graceful Ctrl-C, then the upstreams stopped
     _assert_upstreams_gone(upstreams)
 
@@ -185,7 +192,7 @@ def test_a_taken_upstream_port_fails_clearly(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "demo", "--port", "0", "--upstream-base-port", str(port)],
+            [sys.executable, "-m", "gateway.cli", "demo", "--port", "0", "--upstream-base-port", str(port), "--admin-port", "0"],
             capture_output=True,
             text=True,
             timeout=60,

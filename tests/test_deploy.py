@@ -127,8 +127,19 @@ def test_promtool_accepts_the_prometheus_config() -> None:
     assert result.returncode == 0, f"promtool refused deploy/prometheus.yml:\n{result.stdout}{result.stderr}"
     scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
     assert [(job["metrics_path"], job["static_configs"][0]["targets"]) for job in scrape] == [
-        ("/metrics", ["gateway:7777"])
+        ("/metrics", ["gateway:9901"])
     ]
+
+
+def test_prometheus_scrapes_the_gateways_admin_listener() -> None:
+    """The compose gateway's admin listener is where Prometheus scrapes, published on the host's
+    loopback only; the public port stays AgentOS's."""
+    gateway = compose()["services"]["gateway"]
+    command = gateway["command"]
+    admin_port = command[command.index("--admin-port") + 1]
+    (target,) = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert target == f"gateway:{admin_port}" and admin_port != command[command.index("--port") + 1]
+    assert gateway["ports"] == ["7777:7777", f"127.0.0.1:{admin_port}:{admin_port}"]
 
 
 # -- Grafana -----------------------------------------------------------------------------------------
@@ -283,6 +294,21 @@ def test_k8s_pods_run_non_root_read_only_with_probes_and_resources() -> None:
     assert upstream["args"][:2] == ["upstream", "--name"] and "--db" in upstream["args"]
 
 
+def test_k8s_prometheus_scrapes_the_named_admin_port_and_the_service_leaves_it_out() -> None:
+    from gateway.settings import Settings
+
+    pod = by_kind("Deployment")["agentos-gateway"]["spec"]["template"]
+    annotations = pod["metadata"]["annotations"]
+    ports = {port["name"]: port["containerPort"] for port in pod["spec"]["containers"][0]["ports"]}
+    config = Settings(**yaml.safe_load(by_kind("ConfigMap")["agentos-gateway"]["data"]["gateway.yaml"]))
+    assert ports == {"http": config.port, "admin": config.admin.port}
+    assert annotations == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": str(ports["admin"]), "prometheus.io/path": "/metrics"
+    }  # fmt: skip
+    service_ports = [port["targetPort"] for port in by_kind("Service")["agentos-gateway"]["spec"]["ports"]]
+    assert service_ports == ["http"], "clients reach the public port only"
+
+
 def test_k8s_gateway_discovers_the_upstreams_through_the_headless_service() -> None:
     services = by_kind("Service")
     headless = services["agentos-upstreams"]
@@ -368,7 +394,7 @@ def test_dockerfile_health_check_entrypoint_and_command() -> None:
     assert json.loads(entrypoint) == ["agentos-gateway"] and "agentos-gateway" in scripts
     (command,) = [a for k, a in final if k == "CMD"]
     assert json.loads(command) == ["serve", "--host", "0.0.0.0", "--config", "/etc/agentos-gateway/gateway.yaml"]
-    assert ("EXPOSE", "7777") in final
+    assert ("EXPOSE", "7777 9901") in final  # the public port, the admin listener
 
 
 def test_dockerignore_keeps_the_build_context_small() -> None:

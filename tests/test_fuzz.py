@@ -1,9 +1,10 @@
-"""Schemathesis over the gateway's own OpenAPI schema (``GET /openapi.json`` of a real process):
-no input, valid or not, gets a 5xx answer or hangs (every call has a timeout).
+"""Schemathesis over the gateway's own OpenAPI schemas (``GET /openapi.json`` of a real process,
+on its public port and on its admin listener): no input, valid or not, gets a 5xx answer or hangs
+(every call has a timeout).
 
 Every operation gets positive and negative cases from the schema; to reach past the 400/404
 gates, as many again name a served entity (``echo-agent`` on the agent routes, ...) or, on the
-admin routes, a real upstream. The AgentOS-native run and continue routes read their form
+admin routes (the admin listener's schema), a real upstream. The AgentOS-native run and continue routes read their form
 themselves, so FastAPI declares no body for them: AgentOS's form fields are added to the schema
 here. On the pool gateway the admin key is sent, drains are undone after each case, and
 ``POST /admin/reload`` reads the gateway's own file again.
@@ -168,22 +169,24 @@ def fuzz_pool_gateway(log_dir, pool_upstreams) -> Iterator:
 
 def test_fuzz_pool_gateway(fuzz_pool_gateway, pool_upstreams) -> None:
     names = [server.name for server in pool_upstreams]
-    base_url = fuzz_pool_gateway.url
+    admin_url = fuzz_pool_gateway.admin_url
 
     def undrain_after_drain(case) -> None:  # type: ignore[no-untyped-def]
         if case.path.endswith("/drain") and case.method.upper() == "POST":
             for name in names:
-                httpx.post(f"{base_url}/admin/upstreams/{name}/undrain", headers=ADMIN, timeout=10).raise_for_status()
+                httpx.post(f"{admin_url}/admin/upstreams/{name}/undrain", headers=ADMIN, timeout=10).raise_for_status()
 
     started = time.monotonic()
     try:
-        calls, failures = fuzz(
-            base_url, local=False, max_examples=MAX_EXAMPLES, upstream_names=names, after_call=undrain_after_drain
+        calls, failures = fuzz(fuzz_pool_gateway.url, local=False, max_examples=MAX_EXAMPLES, upstream_names=names)
+        admin_calls, admin_failures = fuzz(
+            admin_url, local=False, max_examples=MAX_EXAMPLES, upstream_names=names, after_call=undrain_after_drain
         )
+        calls, failures = calls + admin_calls, failures + admin_failures
     finally:
         for name in names:
-            httpx.post(f"{base_url}/admin/upstreams/{name}/undrain", headers=ADMIN, timeout=10)
+            httpx.post(f"{admin_url}/admin/upstreams/{name}/undrain", headers=ADMIN, timeout=10)
     print(f"pool gateway: {calls} calls in {time.monotonic() - started:.1f} s")
-    states = httpx.get(f"{base_url}/admin/upstreams", headers=ADMIN, timeout=10).json()
+    states = httpx.get(f"{admin_url}/admin/upstreams", headers=ADMIN, timeout=10).json()
     assert [state["draining"] for state in states] == [False, False]
     assert not failures, "\n\n".join(failures)

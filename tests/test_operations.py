@@ -50,7 +50,7 @@ async def test_metrics_after_real_traffic_pass_promtool(pool_gateway) -> None:
         streamed = await client.post("/v1/teams/echo-team/run", json={"input": "a b", "stream": True})
         missing = await client.post("/v1/agents/no-such/run", json={"input": "hi"})
         assert (ok.status_code, failed.status_code, streamed.status_code, missing.status_code) == (200, 200, 200, 404)
-        scrape = (await client.get("/metrics")).text
+        scrape = (await client.get(f"{pool_gateway.admin_url}/metrics")).text
     checked = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     print(f"scrape size: {len(scrape.encode())} bytes, {len(scrape.splitlines())} lines")
@@ -114,14 +114,19 @@ async def test_client_keys(keyed_gateway, authorization, status, detail) -> None
 
 async def test_keys_open_routes_scopes_rate_limits_and_secrecy(keyed_gateway) -> None:
     async with httpx.AsyncClient(base_url=keyed_gateway.url, timeout=30) as client:
-        for path in ("/health", "/ready", "/metrics"):
+        for path in ("/health", "/ready"):
             assert (await client.get(path)).status_code == 200, path
+        # GET /metrics here is AgentOS's: it takes a key as its other routes; the Prometheus
+        # scrape on the admin listener stays open
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})).status_code == 200
+        assert (await client.get(f"{keyed_gateway.admin_url}/metrics")).status_code == 200
         team_bot = {"Authorization": f"Bearer {TEAM_KEY}"}
         assert (await client.post("/v1/teams/echo-team/run", json={"input": "hi"}, headers=team_bot)).status_code == 200
         assert (await client.get("/sessions", headers=team_bot)).status_code == 403
         assert (await client.post("/agents/echo-agent/runs", data={"message": "x"}, headers=team_bot)).status_code == 403
         # a client key is not an admin key
-        admin = await client.get("/admin/upstreams", headers={"Authorization": f"Bearer {KEY}"})
+        admin = await client.get(f"{keyed_gateway.admin_url}/admin/upstreams", headers={"Authorization": f"Bearer {KEY}"})
         assert admin.status_code == 401
         limited = {"Authorization": f"Bearer {LIMITED_KEY}"}
         codes = [(await client.get("/config", headers=limited)).status_code for _ in range(3)]
@@ -325,7 +330,7 @@ async def test_two_workers_merge_their_metrics(log_dir, pool_upstreams, tmp_path
                 *(client.post("/v1/agents/echo-agent/run", json={"input": marker}) for _ in range(40))
             )
             assert {response.status_code for response in codes} == {200}
-            scrape = (await client.get("/metrics")).text
+            scrape = (await client.get(f"{gateway.admin_url}/metrics")).text
         served = _samples(scrape, "agentos_gateway_requests_total")
         assert served['{code="200",entity="echo-agent",kind="agent",route="/v1/agents/{entity_id}/run"}'] == 40
     finally:

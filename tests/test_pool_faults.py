@@ -332,7 +332,7 @@ async def test_garbage_and_cut_answers_are_502_or_an_in_band_error_then_ejection
         if faulty.panic_threshold:  # type: ignore[attr-defined]
             # The only upstream is ejected: 0 % usable is under the threshold, so it still serves.
             assert after.status_code == 200 and after.headers["x-agentos-gateway-upstream"] == "faulty", after.text
-            assert _metric(await client.get("/metrics"), "agentos_gateway_panic_total") >= 1
+            assert _metric(await client.get(f"{faulty.admin_url}/metrics"), "agentos_gateway_panic_total") >= 1
             assert "panic: 0 of 1 upstreams (faulty) usable" in faulty.log()
         else:  # panic off: nothing can serve
             assert after.status_code == 503, after.text
@@ -407,7 +407,7 @@ async def test_a_clients_own_500s_eject_nothing_unless_configured(one_upstream) 
         ]
         assert statuses == [500] * 20
         state = (await upstream_states(gateway))[name]
-        scrape = await client.get("/metrics")
+        scrape = await client.get(f"{gateway.admin_url}/metrics")
         assert _metric(scrape, "agentos_gateway_upstream_requests_total", upstream=name, outcome="server_error") == 20
         if count_5xx:
             assert state["ejected_for_s"] is not None and state["ejections"] >= 1, state

@@ -40,6 +40,13 @@ async def client(forms_gateway: Server) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.fixture
+async def admin(forms_gateway: Server) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway's admin listener: /admin and the Prometheus scrape."""
+    async with httpx.AsyncClient(base_url=forms_gateway.admin_url, timeout=30) as client:
+        yield client
+
+
 def _home(session_id: str, upstreams: List[Server]) -> str:
     return rank(session_id, [(server.name, 1.0) for server in upstreams])[0]
 
@@ -132,7 +139,7 @@ async def test_a_multipart_session_id_is_hashed_as_agentos_records_it(client, po
 
 
 @pytest.mark.parametrize("path", ["fast", "routes"])
-async def test_the_run_owner_is_remembered_under_the_id_agentos_records(client, forms_gateway, pool_upstreams, path) -> None:
+async def test_the_run_owner_is_remembered_under_the_id_agentos_records(client, admin, pool_upstreams, path) -> None:
     """The run goes elsewhere than its session's hash (its home drained), so only the remembered
     owner finds it again: a read-back by run id succeeds only if the gateway remembered the run
     under the id the upstream uses."""
@@ -140,14 +147,14 @@ async def test_the_run_owner_is_remembered_under_the_id_agentos_records(client, 
     home = _home(session_id, pool_upstreams)
     raw_run_id = b"run-caf\xc3\xa9+%C3%A9;" + f"{path}-{NONCE}".encode()
     run_id = _latin1(raw_run_id)
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    admin_key = {"Authorization": f"Bearer {ADMIN_KEY}"}
     extra = b"&session_state=%7B%7D" if path == "routes" else b""
-    assert (await client.post(f"/admin/upstreams/{home}/drain", headers=admin)).status_code == 200
+    assert (await admin.post(f"/admin/upstreams/{home}/drain", headers=admin_key)).status_code == 200
     try:
         body = f"message=hi&stream=false&session_id={session_id}&run_id=".encode() + raw_run_id + extra
         response = await _form_run(client, body)
     finally:
-        assert (await client.post(f"/admin/upstreams/{home}/undrain", headers=admin)).status_code == 200
+        assert (await admin.post(f"/admin/upstreams/{home}/undrain", headers=admin_key)).status_code == 200
     owner = response.headers["x-agentos-gateway-upstream"]
     assert owner != home and response.json()["run_id"] == run_id
     read = await client.get(f"/agents/echo-agent/runs/{quote(run_id, safe='')}", params={"session_id": session_id})
@@ -162,9 +169,9 @@ LONG_UTF8 = "\u00e9" * 129  # 129 characters, 258 bytes: the cap counts bytes
 AT_CAP = "\u00e9" * 128  # 256 bytes: allowed
 
 
-async def _upstream_requests(client: httpx.AsyncClient) -> float:
-    """Requests the gateway has sent to upstreams, from its own metrics."""
-    text = (await client.get("/metrics")).text
+async def _upstream_requests(admin: httpx.AsyncClient) -> float:
+    """Requests the gateway has sent to upstreams, from its own metrics (its admin listener's scrape)."""
+    text = (await admin.get("/metrics")).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -200,12 +207,12 @@ REFUSED: List[Tuple[str, str, str, Dict[str, object]]] = [
 
 
 @pytest.mark.parametrize("label, method, path, kwargs", REFUSED, ids=[case[0] for case in REFUSED])
-async def test_an_id_over_256_bytes_is_refused_before_any_upstream(client, label, method, path, kwargs) -> None:
-    before = await _upstream_requests(client)
+async def test_an_id_over_256_bytes_is_refused_before_any_upstream(client, admin, label, method, path, kwargs) -> None:
+    before = await _upstream_requests(admin)
     response = await client.request(method, path, **kwargs)
     assert response.status_code == 400, response.text
     assert response.json() == {"detail": f"{label.split(':')[0]}: longer than 256 bytes"}
-    assert await _upstream_requests(client) == before  # no upstream saw it
+    assert await _upstream_requests(admin) == before  # no upstream saw it
 
 
 async def test_a_refused_cancel_never_reaches_an_upstream(client, pool_upstreams) -> None:

@@ -93,14 +93,14 @@ async def test_drain_moves_new_work_away_and_undrain_brings_it_back(pool_gateway
     async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
         home = (await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": session_id}))
         name = home.headers["x-agentos-gateway-upstream"]
-        drained = await client.post(f"/admin/upstreams/{name}/drain", headers=admin)
+        drained = await client.post(f"{pool_gateway.admin_url}/admin/upstreams/{name}/drain", headers=admin)
         try:
             assert drained.status_code == 200 and drained.json()["draining"] is True
             away = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": session_id})
             assert away.headers["x-agentos-gateway-upstream"] != name
             assert away.headers["x-agentos-gateway-affinity"] == "moved"
         finally:
-            undrained = await client.post(f"/admin/upstreams/{name}/undrain", headers=admin)
+            undrained = await client.post(f"{pool_gateway.admin_url}/admin/upstreams/{name}/undrain", headers=admin)
         assert undrained.json()["draining"] is False
         back = await client.post("/v1/agents/echo-agent/run", json={"input": "hi", "session_id": session_id})
         assert back.headers["x-agentos-gateway-upstream"] == name
@@ -109,7 +109,7 @@ async def test_drain_moves_new_work_away_and_undrain_brings_it_back(pool_gateway
 
 @pytest.mark.parametrize("headers, status", [({}, 401), ({"Authorization": "Bearer wrong-key-0123456789"}, 401)])
 async def test_the_admin_api_needs_its_key(pool_gateway, headers, status) -> None:
-    async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=pool_gateway.admin_url, timeout=10) as client:
         response = await client.get("/admin/upstreams", headers=headers)
         unknown = await client.post("/admin/upstreams/nope/drain", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert response.status_code == status and "detail" in response.json()
@@ -117,7 +117,7 @@ async def test_the_admin_api_needs_its_key(pool_gateway, headers, status) -> Non
 
 
 async def test_the_admin_api_is_off_without_a_key(gateway) -> None:
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=gateway.admin_url, timeout=10) as client:
         response = await client.get("/admin/upstreams", headers={"Authorization": "Bearer anything-at-all"})
     assert response.status_code == 403 and "admin_key" in response.json()["detail"]
 
@@ -127,12 +127,12 @@ async def test_admin_runtime_reports_the_process_and_its_upstream_connections(po
     pid = pool_gateway.process.pid
 
     async def runtime(client: httpx.AsyncClient) -> Dict:
-        response = await client.get("/admin/runtime", headers=admin)
+        response = await client.get(f"{pool_gateway.admin_url}/admin/runtime", headers=admin)
         assert response.status_code == 200, response.text
         return response.json()
 
     async with httpx.AsyncClient(base_url=pool_gateway.url, timeout=30) as client:
-        assert (await client.get("/admin/runtime")).status_code == 401
+        assert (await client.get(f"{pool_gateway.admin_url}/admin/runtime")).status_code == 401
         idle = await runtime(client)
         assert idle["pid"] == pid and idle["tasks"] >= 1
         assert set(idle["upstream_connections"]) == set(idle["upstream_connections_in_use"]) == {"pool-a", "pool-b"}
@@ -156,7 +156,7 @@ async def test_admin_runtime_reports_the_process_and_its_upstream_connections(po
         while any((after := await runtime(client))["upstream_connections_in_use"].values()):
             assert time.monotonic() < deadline, f"connections still in use: {after}"
             await asyncio.sleep(0.05)
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:  # no admin key: off
+    async with httpx.AsyncClient(base_url=gateway.admin_url, timeout=10) as client:  # no admin key: off
         assert (await client.get("/admin/runtime", headers=admin)).status_code == 403
 
 

@@ -44,7 +44,7 @@ async def test_reload_swaps_upstreams_without_dropping_streams(log_dir, pool_ups
             assert answered_by(after.json()["content"])[0] == b.name
 
             path.write_text("upstreams:\n  - {name: x, url: 'http://127.0.0.1:1', weight: -1}\n")
-            refused = await client.post("/admin/reload", headers=admin)
+            refused = await client.post(f"{gateway.admin_url}/admin/reload", headers=admin)
             assert refused.status_code == 400, refused.text
             assert "upstreams.0.weight" in refused.json()["detail"] and "stays" in refused.json()["detail"]
             still = await client.post("/v1/agents/echo-agent/run", json={"input": "hi"})
@@ -52,7 +52,7 @@ async def test_reload_swaps_upstreams_without_dropping_streams(log_dir, pool_ups
 
             both = gateway_config([a, b], weights={a.name: 1000, b.name: 1})
             path.write_text(yaml.safe_dump(both))
-            reloaded = await client.post("/admin/reload", headers=admin)
+            reloaded = await client.post(f"{gateway.admin_url}/admin/reload", headers=admin)
             assert reloaded.json() == {"reloaded": True, "upstreams": [a.name, b.name]}
             homes = [
                 (await client.post("/v1/agents/echo-agent/run", json={"input": "hi"})).headers["x-agentos-gateway-upstream"]

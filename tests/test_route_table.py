@@ -45,7 +45,10 @@ def test_each_route_says_how_it_is_served() -> None:
         if route.starts_run:
             assert route.limit is Limit.STARTS_RUN, route
     not_forwarded = [(route.template, route.reason) for route in ROUTES if route.rule is Rule.NOT_FORWARDED]
-    assert not_forwarded == [("/metrics", "the gateway's Prometheus scrape until the admin listener exists")]
+    assert not_forwarded == []  # GET /metrics too is AgentOS's (the gateway's scrape is on its admin port)
+    metrics = TABLE.match("GET", "/metrics")
+    assert metrics is not None and metrics.route is not None
+    assert (metrics.route.rule, metrics.route.own_handler) == (Rule.OS_WIDE, False)
     resume = TABLE.match("POST", "/teams/t/runs/r/resume")
     assert resume is not None and resume.route is not None
     assert (resume.route.rule, resume.route.limit, resume.route.starts_run) == (Rule.RUN, Limit.STARTS_RUN, False)

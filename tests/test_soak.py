@@ -174,7 +174,7 @@ def _proc_fds(pid: int) -> int:
 
 
 async def _figures(client: aiohttp.ClientSession, gateway: Server, upstreams: List[Server]) -> Dict[str, Any]:
-    async with client.get("/admin/runtime", headers=ADMIN) as response:
+    async with client.get(f"{gateway.admin_url}/admin/runtime", headers=ADMIN) as response:
         assert response.status == 200, await response.text()
         runtime = await response.json()
     pid = gateway.process.pid

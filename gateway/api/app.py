@@ -12,11 +12,11 @@ from typing import Any, AsyncIterator, Dict, Optional
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from gateway import __version__
 from gateway.api.body_reader import BodyReaderMiddleware
-from gateway.api.admin import admin_router
+from gateway.api.admin_listener import AdminListener, admin_app
 from gateway.api.auth import AuthMiddleware
 from gateway.api.errors import install as install_error_handlers
 from gateway.api.fast_path import FastRunPath
@@ -26,7 +26,6 @@ from gateway.api import passthrough
 from gateway.api.catalog import catalog_router
 from gateway.api.runs import runs_router
 from gateway.local import LocalRegistry
-from gateway.metrics import scrape
 from gateway.api.forwarding import AFFINITY_HEADER, UPSTREAM_HEADER
 from gateway.settings import ConfigError, Settings, load_settings
 
@@ -105,6 +104,8 @@ def create_app(
     app.add_middleware(
         ObserveMiddleware, access_log=settings.access_log, max_header_bytes=settings.limits.max_header_bytes
     )
+    # The very outermost: what came in on the admin port never reaches the public stack.
+    app.add_middleware(AdminListener, admin=admin_app(settings, services), admin_port=settings.admin.port)
     app.state.services = services
     install_error_handlers(app)
 
@@ -118,14 +119,8 @@ def create_app(
         is_ready, status = services.ready()
         return JSONResponse({"status": status}, status_code=200 if is_ready else 503)
 
-    @app.get("/metrics", tags=["Health"], summary="Prometheus metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        body, content_type = scrape()
-        return Response(body, media_type=content_type)
-
     app.include_router(runs_router(services.directory, forwarder, services.limiter))
     app.include_router(catalog_router(settings, registry, services.directory, forwarder, services.storage))
-    app.include_router(admin_router(settings, services))
     # What none of the routes above matches: the rest of AgentOS, through the route table.
     passthrough.install(app, services.directory, forwarder, services.limiter, services.storage)
     return app

@@ -3,8 +3,9 @@
 * ``Authorization: Bearer <key>`` (the bare key is accepted too, as AgentOS accepts it). Keys
   are looked up by their SHA-256 digest, so no comparison runs over the secret's bytes one by one;
   the found digest is then compared in constant time. Keys are never logged: the key's name is.
-* 401 ``{"detail": ...}`` with AgentOS's own texts; ``/health``, ``/ready``, ``/metrics`` and the
-  docs stay open; ``/admin`` has its own key.
+* 401 ``{"detail": ...}`` with AgentOS's own texts; ``/health``, ``/ready`` and the docs stay
+  open. ``/metrics`` is AgentOS's usage metrics and needs a key like any of its routes; the
+  Prometheus scrape and ``/admin`` (its own key) are on the admin port, never seen here.
 * A key with ``entities`` may only touch those ids (403 otherwise) and not the session routes,
   nor the other families of the route table that belong to no agent, team or workflow (memories,
   traces, evals, ...): none is scoped to an entity.
@@ -28,7 +29,7 @@ from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthorized
 from gateway.settings import ApiKey
 from gateway.wire.paths import entity_path
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 
 
 @dataclass
@@ -99,7 +100,7 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not self.keyring.keys or path in OPEN_PATHS or path.startswith("/admin"):
+        if scope["type"] != "http" or not self.keyring.keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         refusal = self._check(scope, path)

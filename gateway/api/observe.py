@@ -86,8 +86,11 @@ class ObserveMiddleware:
     """Per-request work is kept small: labelled metric children are cached by their labels (a
     bounded set), the log line is formatted directly and handed to a buffered writer."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True, max_header_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self, app: ASGIApp, *, access_log: bool = True, max_header_bytes: int = 1 << 30, kind: Optional[str] = None
+    ) -> None:
         self.app = app
+        self.kind = kind  # every request's ``kind`` label (the admin listener's: "admin"); None: the route's
         self.max_header_bytes = max_header_bytes
         self.access_log = AccessLogWriter.shared() if access_log else None
         self._requests: Dict[Tuple[str, str, str, int], Any] = {}
@@ -147,6 +150,7 @@ class ObserveMiddleware:
         self, scope: Scope, state: Dict[str, Any], status: int, started: float, first_byte: Optional[float], ended: float
     ) -> None:
         route, kind = _route_labels(scope)
+        kind = self.kind or kind
         entity: Optional[str] = state.get("entity")
         key = (kind, entity or metrics.UNKNOWN_ENTITY, route, status)
         counter = self._requests.get(key)

@@ -17,8 +17,9 @@ The rules, by what decides the upstream:
   its ``db_id``, else of its ``user_id``), its bulk delete (every group): ``api/storage.py``.
 * ``ITEM``: one stored object: each database group in turn until one does not answer 404; a
   delete to every group.
-* ``OS_WIDE``: what describes the AgentOS itself (``/info``, ``/registry``, ``/knowledge/config``):
-  any usable upstream (``/config`` and the listings are merged by their own handlers).
+* ``OS_WIDE``: what describes the AgentOS itself (``/info``, ``/registry``, ``/knowledge/config``,
+  the usage ``/metrics``): any usable upstream (``/config`` and the listings are merged by their
+  own handlers).
 * ``LOCAL``: the gateway answers itself (``/health``).
 * ``NOT_FORWARDED``: never sent to an upstream; ``reason`` says why.
 
@@ -127,7 +128,6 @@ def _routes(methods: str, template: str, rule: Rule, **details) -> Route:  # typ
 S, R, C, I, W = Rule.SESSION, Rule.RUN, Rule.COLLECTION, Rule.ITEM, Rule.OS_WIDE
 OWN = {"own_handler": True}
 RUNS = {"limit": Limit.STARTS_RUN, "starts_run": True}
-METRICS_REASON = "the gateway's Prometheus scrape until the admin listener exists"
 
 
 def _runnable(kind: str, param: str) -> List[Route]:
@@ -159,7 +159,6 @@ ROUTES: Tuple[Route, ...] = (
     *_runnable("workflows", "workflow_id"),
     # the gateway itself
     _routes("GET", "/health", Rule.LOCAL, **OWN),
-    _routes("GET", "/metrics", Rule.NOT_FORWARDED, reason=METRICS_REASON, **OWN),
     _routes("GET", "/config", W, **OWN),  # merged from the probes
     # sessions: merged lists, deletes everywhere, the rest by the session (api/sessions.py)
     _routes("GET DELETE", "/sessions", C),
@@ -218,7 +217,8 @@ ROUTES: Tuple[Route, ...] = (
     _routes("GET", "/memory_topics", C),
     _routes("POST", "/optimize-memories", C),
     _routes("GET", "/user_memory_stats", C),
-    # usage metrics (GET /metrics is the gateway's, above)
+    # usage metrics (the gateway's own Prometheus scrape is on its admin port: api/admin_listener.py)
+    _routes("GET", "/metrics", W),
     _routes("POST", "/metrics/refresh", W),
     _routes("GET", "/metrics/refresh/status", W),
     _routes("GET PUT POST DELETE PATCH", "/queue", W),

@@ -5,8 +5,9 @@ not load (a bad field, a component that does not import) is refused whole: the r
 configuration stays. A good one is applied in place: upstreams join and leave (their streams in
 flight finish), weights, policies, timeouts, retries, affinity, keys, run limits, ``on_conflict``,
 ``panic`` and local components change (``tests/test_reload_settings.py`` sees each take effect).
-What binds the process (host, port, workers), body and header limits, the client timeouts, CORS,
-the access log switch, the admin key, ``gateway_id`` and the shutdown timings need a restart;
+What binds the process (host, port, admin port, workers), body and header limits, the client
+timeouts, CORS, the access log switch, the admin key, ``gateway_id`` and the shutdown timings need
+a restart;
 ``max_connections_per_upstream`` applies to upstreams that join after it; a gateway started
 without upstreams cannot gain some by reload.
 """
