@@ -1,6 +1,7 @@
 """The CPU cost per request of the gateway's auth and of its metrics + access log, measured in
 one run: the same trivial ASGI route called in-process (no sockets, no upstream) bare, behind
-the metrics/log middleware, behind the auth middleware, and behind both.
+the metrics/log middleware, behind the auth middleware (a key for everything, and a key limited
+to some entities), and behind both.
 
     .venv/bin/python loadtests/overhead.py [--requests 20000]
 """
@@ -20,6 +21,7 @@ from gateway.logs import AccessLogWriter
 from gateway.settings import ApiKey
 
 KEY = "overhead-key-0123456789abcdef"
+SCOPED_KEY = "overhead-scoped-0123456789abcd"
 BODY = b'{"status":"COMPLETED","content":"ok"}'
 
 
@@ -31,10 +33,13 @@ async def route(scope: Scope, receive: Receive, send: Send) -> None:
 
 def variants() -> Dict[str, ASGIApp]:
     keyring = Keyring([ApiKey(name="bench", key=KEY)])
+    # A key limited to some entities: the request is authorized against the route it matches.
+    scoped = Keyring([ApiKey(name="bench", key=KEY, entities=["echo-agent", "echo-team"])])
     return {
         "bare route": route,
         "metrics + access log": ObserveMiddleware(route, access_log=True),
         "auth": AuthMiddleware(route, keyring),
+        "auth, entities key": AuthMiddleware(route, scoped),
         "auth + metrics + access log": ObserveMiddleware(AuthMiddleware(route, keyring), access_log=True),
     }
 

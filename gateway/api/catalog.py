@@ -17,6 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
 from gateway.api.forwarding import Forwarder, upstream_path
+from gateway.api.permissions import visible_only
 from gateway.api.runs import resolve
 from gateway.local import LocalEntity, LocalRegistry
 from gateway.pool import Upstream
@@ -137,9 +138,12 @@ def catalog_router(
         return [u for u in forwarder.pool.upstreams.values() if forwarder.pool.is_usable(u)]
 
     @router.get("/config", summary="What this gateway serves, in AgentOS's shape (local and upstreams)")
-    async def config() -> Dict[str, Any]:
+    async def config(request: Request) -> Dict[str, Any]:
         upstreams = list(forwarder.pool.upstreams.values()) if forwarder is not None else []
-        return merged_config(settings, directory.registry, directory, upstreams)
+        config = merged_config(settings, directory.registry, directory, upstreams)
+        for kind in EntityKind:  # the roster a key may read, as AgentOS filters it
+            config[kind.path] = visible_only(request.state, kind.path, config[kind.path])
+        return config
 
     for kind in EntityKind:
         _add_listing_routes(router, kind, directory, forwarder, usable_upstreams)
@@ -147,7 +151,7 @@ def catalog_router(
 
 
 def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams) -> None:  # type: ignore[no-untyped-def]
-    async def listing() -> List[Dict[str, Any]]:
+    async def listing(request: Request) -> List[Dict[str, Any]]:
         registry = directory.registry
         items = [await local_detail(entity) for entity in (registry.get(kind, i) for i in registry.ids(kind)) if entity]
         remote_lists = await asyncio.gather(*(_listing(upstream, kind) for upstream in usable_upstreams()))
@@ -158,7 +162,7 @@ def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams) ->
                 if item.get("id") not in seen and not isinstance(target, LocalEntity):
                     items.append(item)
                     seen.add(item.get("id"))
-        return items
+        return visible_only(request.state, kind.path, items)
 
     async def detail(entity_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id)
