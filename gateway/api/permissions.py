@@ -81,11 +81,18 @@ class Grants:
         if self.admin:
             return None
         parts = path.split("/")
+        # The run routes, the hot path, without the table's walk: /v1/{kind}/{id}/run (any method:
+        # the app answers 405) and POST /{kind}/{id}/runs.
         if len(parts) == 5 and parts[1] == "v1" and parts[4] == "run" and parts[2] in _RUN_TEMPLATES:
-            template, entity_id = _RUN_TEMPLATES[parts[2]], parts[3]  # any method: the app answers 405
-            if self.permissions[(template, "POST")].allows(entity_id):
+            family, entity_id = parts[2], parts[3]
+        elif len(parts) == 4 and parts[3] == "runs" and method == "POST" and parts[1] in _RUN_TEMPLATES and parts[2]:
+            family, entity_id = parts[1], parts[2]
+        else:
+            family = entity_id = ""
+        if family:
+            if self.permissions[(_RUN_TEMPLATES[family], "POST")].allows(entity_id):
                 return None
-            return Forbidden(f"Key {self.name!r} may not use {parts[2]} {entity_id!r}")
+            return Forbidden(f"Key {self.name!r} may not use {family} {entity_id!r}")
         match = TABLE.match(method, path)
         if match is None:
             return Forbidden(f"Key {self.name!r} may not use this path: no AgentOS route has it")
