@@ -160,6 +160,27 @@ async def test_the_gateway_refuses_exactly_where_agentos_does(name: str, oracle_
         assert refused > len(SAMPLES) // 2
 
 
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/no-such-family"),
+        ("PUT", "/sessions/s-1"),  # the session routes forward methods AgentOS does not have
+        ("GET", "/sessions/s-1/no/such/part"),
+        ("POST", "/agents/echo-agent/sessions/s-1/delete"),  # fork and compact only
+        ("HEAD", "/agents"),
+    ],
+)
+async def test_a_limited_key_reaches_no_route_agentos_lacks(gateway_app, method: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    transport = httpx.ASGITransport(app=gateway_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as gateway:
+        limited = await gateway.request(method, path, headers={"Authorization": f"Bearer {_secret('entities')}"})
+        admin = await gateway.request(method, path, headers={"Authorization": f"Bearer {_secret('admin')}"})
+    assert limited.status_code == 403, limited.text
+    if method != "HEAD":
+        assert limited.json() == {"detail": f"Key 'entities' may not {method} this path: no AgentOS route takes it"}
+    assert admin.status_code in (404, 405, 501), admin.text
+
+
 def test_entities_are_shorthand_for_the_run_and_read_scopes_of_each_kind() -> None:
     assert entity_scopes(["echo-agent"]) == [
         "agents:echo-agent:run", "agents:echo-agent:read", "teams:echo-agent:run", "teams:echo-agent:read",

@@ -1,4 +1,4 @@
-"""Client authentication, per-key entity allow-lists and rate limits: a pure ASGI middleware.
+"""Client authentication, per-key scopes (AgentOS's RBAC) and rate limits: a pure ASGI middleware.
 
 * ``Authorization: Bearer <key>`` (the bare key is accepted too, as AgentOS accepts it). Keys
   are looked up by their SHA-256 digest, so no comparison runs over the secret's bytes one by one;

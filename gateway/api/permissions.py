@@ -20,8 +20,9 @@ agno's answer for an id no scope of the key names (``default``) and for each id 
 (agno compares ids by equality only, so these answers are all there is). A request then costs one
 table match (the ``/v1`` run path: a split) and a dictionary lookup.
 
-A path the route table does not know is refused to a limited key (AgentOS would answer 404):
-nothing a limited key sends reaches an upstream by a route no scope describes.
+A path or method the route table does not know is refused to a limited key (AgentOS would answer
+404 or 405): nothing a limited key sends reaches an upstream by a route no scope describes (the
+session routes, for one, forward methods and sub-paths AgentOS does not have).
 """
 
 from __future__ import annotations
@@ -94,11 +95,9 @@ class Grants:
                 return None
             return Forbidden(f"Key {self.name!r} may not use {family} {entity_id!r}")
         match = TABLE.match(method, path)
-        if match is None:
-            return Forbidden(f"Key {self.name!r} may not use this path: no AgentOS route has it")
-        route = match.route
-        if route is None:
-            return None  # the path's routes take other methods: the app answers 405
+        route = match.route if match is not None else None
+        if route is None:  # no route, or none with this method (where AgentOS answers 404 or 405)
+            return Forbidden(f"Key {self.name!r} may not {method} this path: no AgentOS route takes it")
         permission = self.permissions[(route.template, method)]
         family = _family(route)
         entity_id = match.params[route.parameters[0]] if family else None
