@@ -22,6 +22,7 @@ from gateway.balancing import ActiveState
 from gateway.local import LocalRegistry
 from gateway.pool import Pool, Upstream
 from gateway.routing import Directory
+from gateway.scopes import key_scopes
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.wire.kinds import EntityKind
 
@@ -87,6 +88,8 @@ def describe_settings(settings: Settings) -> List[str]:
     for kind in EntityKind:
         paths = getattr(settings.local, kind.path)
         lines.append(f"local.{kind.path}: {', '.join(paths) if paths else '(none)'}")
+    for key in settings.auth.keys:  # what each key may do (its name only, never its secret)
+        lines.append(f"key {key.name}: {' '.join(key_scopes(key.scopes, key.entities)) or '(no scope)'}")
     return lines
 
 

@@ -151,9 +151,36 @@ class ApiKey(Strict):
 
     name: str = Field(pattern=KEY_NAME_PATTERN, description="who the key belongs to; logged instead of the key")
     key: str = Field(min_length=16, repr=False, description="the secret; better from a file or the environment")
-    entities: Optional[List[str]] = Field(None, description="ids this key may run; none: every id")
+    entities: Optional[List[str]] = Field(
+        None, description="ids this key may run and read (shorthand for their agno scopes); none: see scopes"
+    )
+    scopes: Optional[List[str]] = Field(
+        None, description="AgentOS RBAC scopes (agents:<id>:run, sessions:read, ...); no scopes nor entities: agent_os:admin"
+    )
     rate_per_s: Optional[float] = Field(None, gt=0, description="sustained requests per second; none: no limit")
     burst: Optional[int] = Field(None, ge=1, description="requests allowed at once above the rate (default: rate)")
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_scopes(cls, scopes: Optional[List[str]]) -> Optional[List[str]]:
+        if scopes:
+            from gateway.scopes import scope_problem  # agno's parser: imported only when keys have scopes
+
+            problems = [problem for problem in map(scope_problem, scopes) if problem]
+            if problems:
+                raise ValueError("; ".join(problems))
+        return scopes
+
+    @field_validator("entities")
+    @classmethod
+    def _entity_ids(cls, entities: Optional[List[str]]) -> Optional[List[str]]:
+        if entities:
+            from gateway.wire.kinds import ENTITY_ID_PATTERN, is_valid_entity_id
+
+            bad = [entity for entity in entities if not is_valid_entity_id(entity)]
+            if bad:
+                raise ValueError(f"{', '.join(map(repr, bad))}: an id must match {ENTITY_ID_PATTERN.pattern}")
+        return entities
 
 
 class AuthSettings(Strict):

@@ -63,7 +63,8 @@ def test_the_scoped_keys_example_reads_its_keys_from_the_keys_file(monkeypatch: 
     monkeypatch.chdir(ROOT)
     assert "key:" not in (ROOT / "config" / "scoped-keys.yaml").read_text()  # no secret inline
     keys = {key.name: key for key in load_settings("config/scoped-keys.yaml").auth.keys}
-    assert sorted(keys) == ["batch-jobs", "internal", "support-ui"]
+    assert sorted(keys) == ["agent-runner", "batch-jobs", "internal", "session-viewer", "support-ui"]
+    assert keys["session-viewer"].scopes == ["sessions:read", "memories:read", "agents:read", "teams:read", "config:read"]
     assert (keys["support-ui"].entities, keys["support-ui"].rate_per_s, keys["support-ui"].burst) == (["echo-agent"], 5, 10)
     assert keys["internal"].entities is None and keys["internal"].rate_per_s is None
 

@@ -1,4 +1,4 @@
-"""Client authentication, per-key entity allow-lists and rate limits: a pure ASGI middleware.
+"""Client authentication, per-key scopes (AgentOS's RBAC) and rate limits: a pure ASGI middleware.
 
 * ``Authorization: Bearer <key>`` (the bare key is accepted too, as AgentOS accepts it). Keys
   are looked up by their SHA-256 digest, so no comparison runs over the secret's bytes one by one;
@@ -6,9 +6,11 @@
 * 401 ``{"detail": ...}`` with AgentOS's own texts; ``/health``, ``/ready`` and the docs stay
   open. ``/metrics`` is AgentOS's usage metrics and needs a key like any of its routes; the
   Prometheus scrape and ``/admin`` (its own key) are on the admin port, never seen here.
-* A key with ``entities`` may only touch those ids (403 otherwise) and not the session routes,
-  nor the other families of the route table that belong to no agent, team or workflow (memories,
-  traces, evals, ...): none is scoped to an entity.
+* A key's ``scopes`` (AgentOS's RBAC scopes; ``entities`` is shorthand for the run and read
+  scopes of those ids) are resolved once, at load, into ``permissions.Grants``: a request the
+  key's scopes do not allow, by agno's own checker, gets 403. A key with neither may do
+  everything (``agent_os:admin``). The ids a key may read are left on the request's state
+  (``visible``) for ``/config`` and the listings, which AgentOS filters by them.
 * A key with ``rate_per_s`` gets a token bucket (``burst`` deep): 429 with ``Retry-After``.
 """
 
@@ -19,15 +21,15 @@ import hmac
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.errors import error_response
-from gateway.api.route_table import TABLE
-from gateway.errors import Forbidden, GatewayError, RateLimited, Unauthorized
+from gateway.api.permissions import Grants
+from gateway.errors import GatewayError, RateLimited, Unauthorized
+from gateway.scopes import key_scopes
 from gateway.settings import ApiKey
-from gateway.wire.paths import entity_path
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 
@@ -58,14 +60,8 @@ class TokenBucket:
 class _Key:
     name: str
     digest: bytes
-    entities: Optional[FrozenSet[str]]
+    grants: Grants
     bucket: Optional[TokenBucket]
-
-
-def entity_of(path: str) -> Optional[Tuple[str, str]]:
-    """(kind segment, id) of an entity-scoped path: ``/v1/agents/x/run``, ``/agents/x/...``."""
-    matched = entity_path(path)
-    return (matched.kind.path, matched.entity_id) if matched is not None and matched.entity_id else None
 
 
 class Keyring:
@@ -88,8 +84,7 @@ class Keyring:
                 kept = old.bucket if old is not None else None
                 unchanged = kept is not None and (kept.rate_per_s, kept.burst) == (key.rate_per_s, burst)
                 bucket = kept if unchanged else TokenBucket(key.rate_per_s, burst)
-            entities = frozenset(key.entities) if key.entities is not None else None
-            loaded[digest] = _Key(key.name, digest, entities, bucket)
+            loaded[digest] = _Key(key.name, digest, Grants(key.name, key_scopes(key.scopes, key.entities)), bucket)
         self.keys = loaded
 
 
@@ -117,28 +112,18 @@ class AuthMiddleware:
         key = self.keyring.keys.get(digest)
         if key is None or not hmac.compare_digest(key.digest, digest):
             return Unauthorized("Invalid authentication token")
-        scope.setdefault("state", {})["api_key"] = key.name
-        if key.entities is not None:
-            entity = entity_of(path)
-            if entity is None and (path.startswith("/sessions") or path == "/sessions"):
-                return Forbidden(f"Key {key.name!r} may not use the session routes")
-            if entity is None and _entity_free(scope["method"], path):
-                return Forbidden(f"Key {key.name!r} may not use the {path.split('/')[1]} routes")
-            if entity is not None and entity[1] not in key.entities:
-                return Forbidden(f"Key {key.name!r} may not use {entity[0]} {entity[1]!r}")
+        state = scope.setdefault("state", {})
+        state["api_key"] = key.name
+        if not key.grants.admin:
+            refusal = key.grants.refusal(scope["method"], path)
+            if refusal is not None:
+                return refusal
+            state["visible"] = key.grants.visible
         if key.bucket is not None:
             wait_s = key.bucket.take()
             if wait_s:
                 return RateLimited("Too many requests", retry_after_s=wait_s)
         return None
-
-
-def _entity_free(method: str, path: str) -> bool:
-    """Whether a path is one of the route table's families that no agent, team or workflow owns
-    (the catalog's own routes, ``/config`` and the listings, stay open to every key)."""
-    matched = TABLE.match(method, path)
-    route = matched.route if matched is not None else None
-    return route is not None and not route.own_handler and not route.runnable_entity
 
 
 def _token(scope: Scope) -> Optional[bytes]:

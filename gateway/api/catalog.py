@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.api.database_ids import DatabaseIds
 from gateway.api.forwarding import Forwarder, query, segment
+from gateway.api.permissions import visible_only
 from gateway.api.storage import StorageRouter
 from gateway.api.runs import resolve
 from gateway.local import LocalEntity, LocalRegistry
@@ -147,9 +148,12 @@ def catalog_router(
         return [u for u in forwarder.pool.upstreams.values() if forwarder.pool.is_usable(u)]
 
     @router.get("/config", summary="What this gateway serves, in AgentOS's shape (local and upstreams)")
-    async def config() -> Dict[str, Any]:
+    async def config(request: Request) -> Dict[str, Any]:
         upstreams = list(forwarder.pool.upstreams.values()) if forwarder is not None else []
-        return ids().show_config(merged_config(settings, directory.registry, directory, upstreams), _DOMAIN_KEYS)
+        config = ids().show_config(merged_config(settings, directory.registry, directory, upstreams), _DOMAIN_KEYS)
+        for kind in EntityKind:  # the roster a key may read, as AgentOS filters it
+            config[kind.path] = visible_only(request.state, kind.path, config[kind.path])
+        return config
 
     for kind in EntityKind:
         _add_listing_routes(router, kind, directory, forwarder, usable_upstreams, ids)
@@ -157,7 +161,7 @@ def catalog_router(
 
 
 def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams, ids) -> None:  # type: ignore[no-untyped-def]
-    async def listing() -> List[Dict[str, Any]]:
+    async def listing(request: Request) -> List[Dict[str, Any]]:
         registry = directory.registry
         items = [await local_detail(entity) for entity in (registry.get(kind, i) for i in registry.ids(kind)) if entity]
         remote_lists = await asyncio.gather(*(_listing(upstream, kind) for upstream in usable_upstreams()))
@@ -168,7 +172,7 @@ def _add_listing_routes(router, kind, directory, forwarder, usable_upstreams, id
                 if item.get("id") not in seen and not isinstance(target, LocalEntity):
                     items.append(ids().show_entity(item))
                     seen.add(item.get("id"))
-        return items
+        return visible_only(request.state, kind.path, items)
 
     async def detail(entity_id: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id)
