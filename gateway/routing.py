@@ -47,12 +47,19 @@ class Directory:
             return local
         return Remote(upstreams) if upstreams else None
 
+    def local_data(self) -> List[Upstream]:
+        """Where the data routes of a local entity go (its sessions' fork, its runs read back):
+        the pool member that is the local components' AgentOS (``gateway/local_os.py``)."""
+        if self.pool is None:
+            return []
+        return [upstream for upstream in self.pool.upstreams.values() if upstream.in_process]
+
     def unknown_membership(self) -> List[str]:
         """Upstreams that never said what they serve (down since the gateway started): an id
         nobody is known to serve may be theirs, so it is not surely unknown (503, not 404)."""
         if self.pool is None:
             return []
-        return [upstream.name for upstream in self.pool.upstreams.values() if upstream.catalog is None]
+        return [u.name for u in self.pool.upstreams.values() if u.catalog is None and not u.in_process]
 
     def conflicts(self) -> List[str]:
         """One line per id served both locally and by an upstream."""
@@ -68,3 +75,14 @@ class Directory:
                         "set on_conflict to 'local' or 'upstream'"
                     )
         return lines
+
+
+def storing(upstreams: List[Upstream], db_id: Optional[str]) -> List[Upstream]:
+    """The upstreams a request naming ``db_id`` may go to: those whose ``GET /config`` lists that
+    database (AgentOS answers 404 for a ``db_id`` it does not have). When none lists it, or the
+    request names none: all of them, and they answer as AgentOS does."""
+    if not db_id:
+        return upstreams
+    holding = [u for u in upstreams if isinstance(u.catalog, dict) and db_id in (u.catalog.get("databases") or ())]
+    return holding or upstreams
+

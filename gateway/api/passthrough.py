@@ -8,7 +8,9 @@ encoded again by ``query``, never the client's raw path; the body goes as it cam
 chosen by the route's rule (see the table's docstring), and ``Forwarder.forward`` sends, retries
 and answers. Routes that run hold a ``Limiter`` slot until their answer has been sent.
 
-Without upstreams (the embedded default: local components only) every such route answers 404.
+Local components' data routes go to their in-process AgentOS, the pool member ``local``
+(``gateway/local_os.py``), by the same rules; a request that names a ``db_id`` goes to the
+upstreams that list that database (``routing.storing``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from gateway.api.forwarding import Forwarder, query, segment
 from gateway.api.limits import Limiter
 from gateway.api.route_table import TABLE, Limit, Match, Route, RouteTable, Rule
 from gateway.api.runs import resolve
-from gateway.errors import GatewayError, NotFound, NotImplementedHere
+from gateway.errors import GatewayError, NotFound
 from gateway.local import LocalEntity
 from gateway.pool import Upstream
-from gateway.routing import Directory
+from gateway.routing import Directory, storing
 from gateway.sender import Outgoing
 from gateway.wire import form as wire_form
 from gateway.wire.ids import check_id
@@ -108,10 +110,10 @@ class Passthrough:
         """The entity's upstreams for an agent's, a team's or a workflow's route; else all."""
         if route.entity is not None and route.entity.kind in _KINDS:
             target = resolve(self.directory, _KINDS[route.entity.kind], params[route.entity.parameter], request)
-            if isinstance(target, LocalEntity):
-                raise NotImplementedHere(f"{route.template} is served for upstream entities only")
+            if isinstance(target, LocalEntity):  # its data: the local components' AgentOS
+                return self.directory.local_data()
             return target.upstreams
-        return list(fwd.pool.upstreams.values())
+        return storing(list(fwd.pool.upstreams.values()), request.query_params.get("db_id"))
 
 
 async def _form_field(request: Request, name: str) -> Optional[str]:

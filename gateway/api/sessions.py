@@ -1,6 +1,8 @@
 """AgentOS's session routes, routed by session id.
 
-A session lives where its runs ran: the upstream its id hashes to among those serving its entity.
+A session lives where its runs ran: the upstream its id hashes to among those serving its entity;
+a local entity's, in the local components' AgentOS (the pool member ``local``). A request that
+names a ``db_id`` goes to the upstreams that list that database (``routing.storing``).
 Routes that name only the session (``/sessions/{id}...``) cannot know the entity, so they try the
 usable upstreams in the session's rendezvous order and answer with the first that knows it (not
 404). Listing and creating without a session go to one upstream (with a shared database, as in the
@@ -19,7 +21,8 @@ from gateway.api.forwarding import Forwarder, new_session, upstream_path
 from gateway.api.runs import resolve
 from gateway.pool import Upstream
 from gateway.sender import Outgoing
-from gateway.routing import Directory, Remote
+from gateway.local import LocalEntity
+from gateway.routing import Directory, Remote, storing
 from gateway.wire.ids import check_id
 from gateway.wire.kinds import EntityKind
 
@@ -35,8 +38,8 @@ def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> API
     if forwarder is None:
         return router  # local components' sessions are not served over HTTP by the gateway
 
-    def everyone() -> List[Upstream]:
-        return list(forwarder.pool.upstreams.values())
+    def everyone(request: Request) -> List[Upstream]:
+        return storing(list(forwarder.pool.upstreams.values()), request.query_params.get("db_id"))
 
     async def first_that_knows(request: Request, order: List[str]) -> Response:
         return await forwarder.first_that_knows(request, order, await _outgoing(request))
@@ -44,9 +47,9 @@ def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> API
     @router.api_route("/sessions", methods=["GET", "POST", "DELETE"], summary="List, create or delete sessions")
     async def sessions(request: Request) -> Response:
         if request.method == "DELETE":  # the ids may live on any upstream
-            return await first_that_knows(request, forwarder.choose(everyone(), None).order)
+            return await first_that_knows(request, forwarder.choose(everyone(request), None).order)
         outgoing = await _outgoing(request)
-        upstreams, session_id = everyone(), None
+        upstreams, session_id = everyone(request), None
         if request.method == "POST":
             upstreams, session_id, outgoing.body = _creation_target(directory, outgoing.body or b"", upstreams)
         choice = forwarder.choose(upstreams, session_id)
@@ -56,7 +59,7 @@ def sessions_router(directory: Directory, forwarder: Optional[Forwarder]) -> API
     @router.api_route("/sessions/{session_id}/{rest:path}", methods=SESSION_METHODS, summary="A session's parts")
     async def session(session_id: str, request: Request, rest: str = "") -> Response:
         check_id("session_id", session_id)
-        return await first_that_knows(request, forwarder.choose(everyone(), session_id).order)
+        return await first_that_knows(request, forwarder.choose(everyone(request), session_id).order)
 
     for kind in EntityKind:
         _add_entity_session_route(router, kind, directory, forwarder)
@@ -67,9 +70,8 @@ def _add_entity_session_route(router: APIRouter, kind: EntityKind, directory: Di
     async def entity_session(entity_id: str, session_id: str, action: str, request: Request) -> Response:
         target = resolve(directory, kind, entity_id)
         check_id("session_id", session_id)
-        if not isinstance(target, Remote):
-            return Response(status_code=501)
-        choice = forwarder.choose(target.upstreams, session_id)
+        upstreams = target.upstreams if isinstance(target, Remote) else directory.local_data()
+        choice = forwarder.choose(upstreams, session_id)
         return await forwarder.forward(request, choice, await _outgoing(request), with_affinity=False)
 
     router.add_api_route(
@@ -95,6 +97,8 @@ def _creation_target(
     for kind in EntityKind:
         entity_id = data.get(kind.spec.id_field)
         target = directory.resolve(kind, entity_id) if isinstance(entity_id, str) else None
+        if isinstance(target, LocalEntity):  # its runs are the gateway's own: its AgentOS's store
+            return directory.local_data(), None, body
         if isinstance(target, Remote):
             given = data.get("session_id") if isinstance(data.get("session_id"), str) else None
             check_id("session_id", given)
