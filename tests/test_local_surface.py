@@ -228,3 +228,75 @@ def test_workers_share_the_local_database(log_dir: Path) -> None:
         for client in clients:
             client.close()
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"upstreams": [{"name": "local", "url": "http://127.0.0.1:9"}]}, "upstreams"),
+        ({"local_db": "mysql://somewhere/db"}, "local_db"),
+        ({"local_db": "sqlite:///"}, "local_db"),
+    ],
+)
+def test_a_reserved_upstream_name_or_a_bad_local_db_is_a_config_error(tmp_path: Path, values, field: str) -> None:
+    import yaml
+
+    from gateway.settings import ConfigError, load_settings
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError, match=f"{path}: {field}"):
+        load_settings(path)
+
+
+def test_a_forwarded_authorization_does_not_replace_the_local_agentos_key(log_dir: Path) -> None:
+    """With ``forward_authorization`` a client's bearer goes to the upstreams (agno JWT auth); the
+    local components' AgentOS knows only its own key, and gets it."""
+    config = {"local": {"agents": ["tests.fixtures.local_components:agent"]}, "forward_authorization": True}
+    server = start_gateway("local-surface-forward-auth", config, log_dir)
+    try:
+        headers = {"Authorization": "Bearer a-client-jwt"}
+        httpx.post(f"{server.url}/v1/agents/local-agent/run", json={"input": "hi", "user_id": "fa"}, timeout=TIMEOUT_S)
+        listed = httpx.get(f"{server.url}/sessions?type=agent&user_id=fa", headers=headers, timeout=TIMEOUT_S)
+        assert listed.status_code == 200, listed.text
+        assert len(listed.json()["data"]) == 1
+    finally:
+        server.stop()
+
+
+async def test_a_reload_adds_and_removes_the_local_agentos(log_dir: Path, pool_upstreams: List[Server]) -> None:
+    """Local components added by a reload (SIGHUP) get their data routes; removed, they are gone."""
+    import signal
+
+    import yaml
+
+    from tests.helpers import eventually_async
+
+    base = gateway_config(pool_upstreams)
+    path = log_dir / "local-surface-reload.yaml"
+    path.write_text(yaml.safe_dump(base))
+    server = start_server("local-surface-reload", ["serve", "--config", str(path)], log_dir)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT_S) as client:
+
+            async def local_agent() -> Any:
+                return next((a for a in (await client.get("/agents")).json() if a["id"] == "local-agent"), None)
+
+            path.write_text(yaml.safe_dump({**base, "local": {"agents": ["tests.fixtures.local_components:agent"]}}))
+            server.process.send_signal(signal.SIGHUP)
+            db_id = (await eventually_async(local_agent, what="local-agent served after the reload"))["db_id"]
+            run = await client.post("/v1/agents/local-agent/run", json={"input": "hi"})
+            sessions = await client.get(f"/sessions?type=agent&component_id=local-agent&db_id={db_id}")
+            assert [entry["session_id"] for entry in sessions.json()["data"]] == [run.json()["session_id"]]
+
+            path.write_text(yaml.safe_dump(base))
+            server.process.send_signal(signal.SIGHUP)
+
+            async def gone() -> bool:
+                return await local_agent() is None
+
+            await eventually_async(gone, what="local-agent gone after the reload")
+            answer = await client.get(f"/sessions?type=agent&db_id={db_id}")
+            assert answer.status_code == 404 and "No database found" in answer.json()["detail"]
+    finally:
+        server.stop()
