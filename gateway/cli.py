@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -160,18 +161,28 @@ def _serve_workers(args: argparse.Namespace, settings: Any, admin: Any) -> None:
     metrics through a multiprocess directory."""
     import tempfile
 
+    from gateway.local_os import DB_FILE_NAME
     from gateway.metrics import MULTIPROCESS_ENV
-    from gateway.settings import ADMIN_PORT_ENV, CONFIG_ENV
+    from gateway.settings import ADMIN_PORT_ENV, CONFIG_ENV, LOCAL_DB_ENV
 
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     os.environ[ADMIN_PORT_ENV] = str(settings.admin.port)
     os.environ.setdefault(MULTIPROCESS_ENV, tempfile.mkdtemp(prefix="agentos-gateway-metrics-"))
-    _run(
-        "gateway.api.app:create_worker_app", host=settings.host, port=settings.port, fd=args.fd,
-        grace_s=settings.shutdown.grace_s, workers=args.workers,
-        header_timeout_s=settings.limits.client_header_timeout_s, admin=admin,
-    )  # fmt: skip
+    # Local components without a database share one SQLite file across the workers (a session one
+    # worker made is found by the next request, whichever worker takes it); removed at exit.
+    shared_db_dir = tempfile.mkdtemp(prefix="agentos-gateway-") if not settings.local_db else None
+    if shared_db_dir is not None:
+        os.environ[LOCAL_DB_ENV] = f"sqlite:///{Path(shared_db_dir) / DB_FILE_NAME}"
+    try:
+        _run(
+            "gateway.api.app:create_worker_app", host=settings.host, port=settings.port, fd=args.fd,
+            grace_s=settings.shutdown.grace_s, workers=args.workers,
+            header_timeout_s=settings.limits.client_header_timeout_s, admin=admin,
+        )  # fmt: skip
+    finally:
+        if shared_db_dir is not None:
+            shutil.rmtree(shared_db_dir, ignore_errors=True)
 
 
 def _fail_config(error: Exception) -> int:

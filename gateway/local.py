@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from agno.agent import Agent
+from agno.db.base import BaseDb
 from agno.team import Team
 from agno.workflow import Workflow
 
@@ -61,6 +62,9 @@ class LocalRegistry:
     def get(self, kind: EntityKind, entity_id: str) -> Optional[LocalEntity]:
         return self._entities.get((kind, entity_id))
 
+    def entities(self) -> List[LocalEntity]:
+        return list(self._entities.values())
+
     def ids_any(self) -> bool:
         return bool(self._entities)
 
@@ -81,6 +85,23 @@ class LocalRegistry:
             for (entity_kind, _), entity in self._entities.items()
             if entity_kind is kind
         ]
+
+
+def open_db(url: Optional[str]) -> BaseDb:
+    """An agno database from a URL: ``sqlite:///file``, ``postgresql://...``, or in-memory when empty."""
+    if not url:
+        from agno.db.in_memory import InMemoryDb
+
+        return InMemoryDb()
+    if url.startswith("sqlite:///"):
+        from agno.db.sqlite import SqliteDb
+
+        return SqliteDb(db_file=url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        from agno.db.postgres import PostgresDb
+
+        return PostgresDb(db_url=url)
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://...")
 
 
 def _load(kind: EntityKind, path: str) -> LocalEntity:

@@ -49,6 +49,14 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
+class InProcessUpstream(UpstreamConfig):
+    """The gateway's own AgentOS over its local components (``gateway/local_os.py``), reached on
+    a Unix socket. It serves their data routes; it lists no entity to the directory (the local ids
+    are the gateway's own), so its ``GET /config`` is kept for its databases only."""
+
+    socket_path: str
+
+
 @dataclass
 class Upstream:
     """One AgentOS server: its config, health, membership, load and connection pool."""
@@ -85,6 +93,10 @@ class Upstream:
     @property
     def auth_headers(self) -> Dict[str, str]:
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+
+    @property
+    def in_process(self) -> bool:
+        return isinstance(self.config, InProcessUpstream)
 
     def serves(self, kind: EntityKind, entity_id: str) -> bool:
         return entity_id in self.members.get(kind, ())
@@ -208,13 +220,18 @@ class Pool:
 
     def _open(self, upstream: Upstream) -> None:
         limit = self.settings.max_connections_per_upstream
+        # Idle connections close before AgentOS's server would close them (uvicorn: 5 s), so
+        # a run is rarely written to a connection the upstream is just closing.
+        keepalive_s = self.settings.timeouts.upstream_keepalive_s
+        connector: aiohttp.BaseConnector
+        if isinstance(upstream.config, InProcessUpstream):
+            connector = aiohttp.UnixConnector(upstream.config.socket_path, limit=limit, keepalive_timeout=keepalive_s)
+        else:
+            connector = aiohttp.TCPConnector(
+                limit=limit, limit_per_host=limit, ttl_dns_cache=10, keepalive_timeout=keepalive_s
+            )
         upstream.session = aiohttp.ClientSession(
-            # Idle connections close before AgentOS's server would close them (uvicorn: 5 s), so
-            # a run is rarely written to a connection the upstream is just closing.
-            connector=aiohttp.TCPConnector(
-                limit=limit, limit_per_host=limit, ttl_dns_cache=10,
-                keepalive_timeout=self.settings.timeouts.upstream_keepalive_s,
-            ),  # fmt: skip
+            connector=connector,
             # Per-request timeouts are set by the sender; none here that could cut a stream.
             timeout=self.connect_timeout,
             auto_decompress=False,  # bytes pass through as the upstream sent them
@@ -429,6 +446,9 @@ class Pool:
             return
         if not isinstance(catalog, dict):
             logger.warning("upstream %s: GET /config is not an object, keeping its last membership", upstream.name)
+            return
+        if upstream.in_process:
+            upstream.catalog = catalog
             return
         members = {kind: frozenset(_ids(catalog.get(kind.path))) for kind in EntityKind}
         if members != upstream.members:

@@ -47,12 +47,19 @@ class Directory:
             return local
         return Remote(upstreams) if upstreams else None
 
+    def local_data(self) -> List[Upstream]:
+        """Where the data routes of a local entity go (its sessions' fork, its runs read back):
+        the pool member that is the local components' AgentOS (``gateway/local_os.py``)."""
+        if self.pool is None:
+            return []
+        return [upstream for upstream in self.pool.upstreams.values() if upstream.in_process]
+
     def unknown_membership(self) -> List[str]:
         """Upstreams that never said what they serve (down since the gateway started): an id
         nobody is known to serve may be theirs, so it is not surely unknown (503, not 404)."""
         if self.pool is None:
             return []
-        return [upstream.name for upstream in self.pool.upstreams.values() if upstream.catalog is None]
+        return [u.name for u in self.pool.upstreams.values() if u.catalog is None and not u.in_process]
 
     def conflicts(self) -> List[str]:
         """One line per id served both locally and by an upstream."""

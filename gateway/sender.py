@@ -99,8 +99,14 @@ class Sender:
     async def _send(self, upstream: Upstream, outgoing: Outgoing) -> aiohttp.ClientResponse:
         timeouts = self.settings.timeouts
         wait_s = timeouts.first_byte_s if outgoing.expects_stream else timeouts.run_s
-        # The upstream's own key, unless the client's Authorization is forwarded (forward_authorization).
-        headers = {**upstream.auth_headers, **outgoing.headers}
+        # The upstream's own key, unless the client's Authorization is forwarded (forward_authorization);
+        # never to the local components' AgentOS, which knows only its own key (as their runs, it
+        # is authorized by the gateway alone).
+        if upstream.in_process:
+            kept = {name: value for name, value in outgoing.headers.items() if name.lower() != "authorization"}
+            headers = {**kept, **upstream.auth_headers}
+        else:
+            headers = {**upstream.auth_headers, **outgoing.headers}
         try:
             async with asyncio.timeout(wait_s):
                 response = await upstream.client().request(

@@ -30,6 +30,10 @@ ENV_PREFIX = "GATEWAY_"
 ENV_NESTED_DELIMITER = "__"
 
 IMPORT_PATH_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+# The pool member that is the gateway's own in-process AgentOS (gateway/local_os.py).
+IN_PROCESS_UPSTREAM = "local"
+LOCAL_DB_ENV = "GATEWAY_LOCAL_DB"
+LOCAL_DB_PATTERN = r"^(sqlite:///.+|(postgresql|postgresql\+psycopg|postgres)://.+)$"
 
 
 class LocalEntities(BaseModel):
@@ -298,6 +302,13 @@ class Settings(BaseSettings):
     admin_key: Optional[str] = Field(
         None, min_length=16, repr=False, description="Bearer key of /admin; unset: the admin API is off"
     )
+    local_db: Optional[str] = Field(
+        None,
+        pattern=LOCAL_DB_PATTERN,
+        repr=False,
+        description="database of local components that have none (sqlite:///FILE, postgresql://...); "
+        "unset: a SQLite file in a private directory that lives as long as the gateway",
+    )
     admin: AdminSettings = Field(default_factory=AdminSettings)
 
     @field_validator("admin")
@@ -315,6 +326,8 @@ class Settings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"upstream names must be unique: {', '.join(duplicates)}")
+        if any(upstream.name == IN_PROCESS_UPSTREAM for upstream in upstreams if upstream.dns is None):
+            raise ValueError(f"the upstream name {IN_PROCESS_UPSTREAM!r} is the gateway's own (its local components' AgentOS)")
         return upstreams
 
     def allowed_origins(self) -> List[str]:

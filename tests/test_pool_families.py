@@ -264,11 +264,16 @@ async def test_agentos_client_reads_the_families_as_from_an_upstream(families_ga
     assert plain(await direct.list_memories(user_id=user_id))["data"] == []
 
 
-async def test_a_gateway_without_upstreams_answers_404(gateway) -> None:
+async def test_a_gateway_without_upstreams_serves_its_local_components_data(gateway) -> None:
+    """The embedded default answers the data families from its local components' AgentOS (the
+    pool member ``local``); what is no AgentOS route is still the gateway's 404, 405."""
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        for path in ("/memories", "/info", "/traces/t-1", "/no-such-route"):
+        for path in ("/memories", "/info"):
             answer = await client.get(path)
-            assert answer.status_code == 404 and answer.json() == {"detail": "Not Found"}, (path, answer.text)
+            assert answer.status_code == 200 and answer.headers["x-agentos-gateway-upstream"] == "local", answer.text
+        assert (await client.get("/traces/t-1")).status_code == 404
+        answer = await client.get("/no-such-route")
+        assert answer.status_code == 404 and answer.json() == {"detail": "Not Found"}
         wrong_method = await client.put("/memories")
         assert wrong_method.status_code == 405
 

@@ -57,10 +57,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if pool is not None:
-            await pool.start()
-        if forwarder is not None:
-            forwarder.start()
+        await services.start()
         _reload_on_sighup(services)
         # Everything loaded so far (agno and its imports: a large heap) lives as long as the
         # process: kept out of the collector's full passes, which otherwise pause requests.
@@ -72,10 +69,7 @@ def create_app(
                 raise ConfigError("\n".join(conflicts))
             yield
         finally:
-            if forwarder is not None:
-                await forwarder.close()
-            if pool is not None:
-                await pool.close()
+            await services.close()
 
     app = FastAPI(
         title="agentos-gateway",

@@ -69,7 +69,8 @@ def merged_config(
         ]
     for upstream in upstreams:
         catalog = upstream.catalog or {}
-        for kind in EntityKind:
+        # The local components' AgentOS lists the local entities, already above: its databases only.
+        for kind in EntityKind if not upstream.in_process else ():
             present = {entry["id"] for entry in config[kind.path]}
             for entry in catalog.get(kind.path) or []:
                 entity_id = entry.get("id") if isinstance(entry, dict) else None
@@ -145,7 +146,8 @@ def catalog_router(
     def usable_upstreams() -> List[Upstream]:
         if forwarder is None:
             return []
-        return [u for u in forwarder.pool.upstreams.values() if forwarder.pool.is_usable(u)]
+        pool = forwarder.pool
+        return [u for u in pool.upstreams.values() if pool.is_usable(u) and not u.in_process]  # local: above
 
     @router.get("/config", summary="What this gateway serves, in AgentOS's shape (local and upstreams)")
     async def config(request: Request) -> Dict[str, Any]:

@@ -8,7 +8,8 @@ encoded again by ``query``, never the client's raw path; the body goes as it cam
 chosen by the route's rule (see the table's docstring), and ``Forwarder.forward`` sends, retries
 and answers. Routes that run hold a ``Limiter`` slot until their answer has been sent.
 
-Without upstreams (the embedded default: local components only) every such route answers 404.
+Local components' data routes go to their in-process AgentOS, the pool member ``local``
+(``gateway/local_os.py``), by the same rules: it is one more database group.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gateway.api.route_table import TABLE, Limit, Match, Route, RouteTable, Rule
 from gateway.api.storage import StorageRouter, named_value
 from gateway.api.runs import resolve
 from gateway.api.sessions import session_route
-from gateway.errors import GatewayError, NotFound, NotImplementedHere
+from gateway.errors import GatewayError, NotFound
 from gateway.local import LocalEntity
 from gateway.pool import Upstream
 from gateway.routing import Directory
@@ -131,8 +132,8 @@ class Passthrough:
         """The entity's upstreams for an agent's, a team's or a workflow's route; else all."""
         if route.entity is not None and route.entity.kind in _KINDS:
             target = resolve(self.directory, _KINDS[route.entity.kind], params[route.entity.parameter], request)
-            if isinstance(target, LocalEntity):
-                raise NotImplementedHere(f"{route.template} is served for upstream entities only")
+            if isinstance(target, LocalEntity):  # its data: the local components' AgentOS
+                return self.directory.local_data()
             return target.upstreams
         return list(fwd.pool.upstreams.values())
 

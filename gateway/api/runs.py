@@ -227,11 +227,11 @@ def _add_kind_routes(
 
     async def read_runs(entity_id: str, request: Request, run_id: Optional[str] = None) -> Response:
         target = resolve(directory, kind, entity_id, request)
-        if isinstance(target, LocalEntity):
-            raise NotImplementedHere("run read-back is served for upstream entities only")
         fwd = _forwarder(forwarder)
         session_id = request.query_params.get("session_id")
         _check_ids(session_id, run_id)
+        if isinstance(target, LocalEntity):  # stored where the gateway's own runs store
+            target = Remote(directory.local_data())
         choice = _choice_for_run(fwd, target, run_id, session_id)
         return await fwd.forward(request, choice, Outgoing("GET", upstream_path(request)), with_affinity=False)
 

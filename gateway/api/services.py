@@ -23,9 +23,10 @@ from gateway.api.forwarding import Forwarder
 from gateway.api.limits import Limiter
 from gateway.api.storage import StorageRouter
 from gateway.local import LocalRegistry
+from gateway.local_os import LocalOS
 from gateway.pool import Pool
 from gateway.routing import Directory
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.settings import IN_PROCESS_UPSTREAM, ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Services:
     directory: Directory
     limiter: Limiter
     keyring: Keyring
+    local_os: LocalOS
     storage: Optional[StorageRouter] = None  # routing by database group (None without upstreams)
     config_path: Optional[str] = None  # what a reload reads (None: $GATEWAY_CONFIG or the embedded default)
     draining: bool = False  # set on SIGTERM: /ready answers 503 so load balancers stop sending
@@ -46,7 +48,8 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, registry: LocalRegistry, config_path: Optional[str] = None) -> "Services":
-        pool = Pool(settings) if settings.upstreams else None
+        # Local components make a pool too: their in-process AgentOS is its member ``local``.
+        pool = Pool(settings) if settings.upstreams or registry.ids_any() else None
         forwarder = Forwarder(pool, settings) if pool is not None else None
         return cls(
             settings=settings,
@@ -56,9 +59,38 @@ class Services:
             directory=Directory(registry, pool, settings.on_conflict),
             limiter=Limiter(settings.limits),
             keyring=Keyring(settings.auth.keys),
+            local_os=LocalOS(settings.local_db, settings.gateway_id),
             storage=StorageRouter(forwarder) if forwarder is not None else None,
             config_path=config_path,
         )
+
+    async def start(self) -> None:
+        """Probe the upstreams, then serve the local components' AgentOS and add it to the pool."""
+        if self.pool is not None:
+            await self.pool.start()
+            await self._apply_local(self.registry)
+        if self.forwarder is not None:
+            self.forwarder.start()
+
+    async def close(self) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.close()
+        if self.pool is not None:
+            await self.pool.close()
+        await self.local_os.stop()
+
+    async def _apply_local(self, registry: LocalRegistry) -> None:
+        """The local components' AgentOS serves ``registry``; the pool has it as a member while
+        there are any (a new AgentOS behind the same socket: the probes see it restarted)."""
+        assert self.pool is not None
+        member = await self.local_os.apply(registry)
+        present = member is not None and member.name in self.pool.upstreams
+        if member is not None and not present:
+            await self.pool.add(member)
+        elif member is None and IN_PROCESS_UPSTREAM in self.pool.upstreams:
+            await self.pool.remove(IN_PROCESS_UPSTREAM)
+        elif member is not None:
+            await self.pool.probe(self.pool.upstreams[member.name])
 
     def ready(self) -> Tuple[bool, str]:
         if self.draining:
@@ -72,10 +104,13 @@ class Services:
         cannot be used. Returns the upstream names in force afterwards."""
         settings = load_settings(self.config_path)
         registry = LocalRegistry.from_config(settings.local)
-        if self.pool is None and settings.upstreams:
-            raise ConfigError("upstreams: this gateway started without upstreams; adding some needs a restart")
+        if self.pool is None and (settings.upstreams or registry.ids_any()):
+            raise ConfigError(
+                "upstreams, local: this gateway started with neither; adding upstreams or local components needs a restart"
+            )
         if self.pool is not None:
             await self.pool.reconfigure(settings)
+            await self._apply_local(registry)
         if self.forwarder is not None:
             self.forwarder.reconfigure(settings)
         self.directory.registry, self.directory.on_conflict = registry, settings.on_conflict
@@ -83,6 +118,6 @@ class Services:
         self.keyring.load(settings.auth.keys)
         self.settings, self.registry = settings, registry
         self.reloads += 1
-        names = sorted(self.pool.upstreams) if self.pool is not None else []
+        names = sorted(name for name in self.pool.upstreams if name != IN_PROCESS_UPSTREAM) if self.pool is not None else []
         logger.info("configuration reloaded: upstreams %s", ", ".join(names) or "none")
         return names

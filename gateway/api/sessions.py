@@ -7,6 +7,7 @@ are asked in the rendezvous order of the session id, one upstream each, until on
 session is created where that entity's runs will go. Fork and compact (``/{kind}/{id}/sessions/
 {session_id}/...``) go by the session over the entity's upstreams, as its runs do. ``GET
 /sessions`` (merged) and ``DELETE /sessions`` (every group) are collection routes.
+A local entity's sessions are in the local components' AgentOS (the pool member ``local``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.responses import Response
 from gateway.api.forwarding import new_session
 from gateway.api.storage import StorageRouter, named_value
 from gateway.pool import Upstream
+from gateway.local import LocalEntity
 from gateway.routing import Directory, Remote
 from gateway.sender import Outgoing
 from gateway.wire.ids import check_id
@@ -63,6 +65,8 @@ def creation_target(
     for kind in EntityKind:
         entity_id = data.get(kind.spec.id_field)
         target = directory.resolve(kind, entity_id) if isinstance(entity_id, str) else None
+        if isinstance(target, LocalEntity):  # its runs are the gateway's own: its AgentOS's store
+            return directory.local_data(), None, body
         if isinstance(target, Remote):
             given = data.get("session_id") if isinstance(data.get("session_id"), str) else None
             check_id("session_id", given)

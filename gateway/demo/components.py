@@ -3,7 +3,8 @@
 Ids are explicit because AgentOS otherwise derives them from names, and the team delegates by
 member id. ``echo_agent``, ``echo_team`` and ``echo_workflow`` are the module-level instances the
 gateway's embedded default config imports (``gateway.demo.components:echo_agent``...); their
-instance name comes from ``GATEWAY_INSTANCE_NAME`` and their database from ``GATEWAY_DEMO_DB``.
+instance name comes from ``GATEWAY_INSTANCE_NAME`` and their database from ``GATEWAY_DEMO_DB``
+(none when it is unset: the gateway then gives them its local database).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from agno.team import Team
 from agno.workflow import Step, Workflow
 
 from gateway.demo.model import MEMBER_ID, DeterministicModel
+from gateway.local import open_db
 
 AGENT_ID = "echo-agent"
 TEAM_ID = "echo-team"
@@ -35,24 +37,13 @@ class DemoComponents:
     workflow: Workflow
 
 
-def open_db(url: Optional[str]) -> BaseDb:
-    """An agno database from a URL: ``sqlite:///file``, ``postgresql://...``, or in-memory when empty."""
-    if not url:
-        return InMemoryDb()
-    if url.startswith("sqlite:///"):
-        from agno.db.sqlite import SqliteDb
-
-        return SqliteDb(db_file=url.removeprefix("sqlite:///"))
-    if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
-        from agno.db.postgres import PostgresDb
-
-        return PostgresDb(db_url=url)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://...")
-
-
 def build_demo(instance: str = "local", db: Optional[BaseDb] = None) -> DemoComponents:
-    """Fresh demo components answering as ``instance``, storing sessions in ``db``."""
-    db = db if db is not None else InMemoryDb()
+    """Fresh demo components answering as ``instance``, storing sessions in ``db`` (in memory
+    when none is given)."""
+    return _build(instance, db if db is not None else InMemoryDb())
+
+
+def _build(instance: str, db: Optional[BaseDb]) -> DemoComponents:
     model = DeterministicModel(instance=instance)
     agent = Agent(
         id=AGENT_ID, name="Echo Agent", model=model, db=db, add_history_to_context=True, telemetry=False
@@ -69,19 +60,18 @@ def build_demo(instance: str = "local", db: Optional[BaseDb] = None) -> DemoComp
     )
     step_agent = Agent(id="wf-agent", name="WF Agent", model=model, db=db, telemetry=False)
     workflow = Workflow(
-        id=WORKFLOW_ID,
-        name="Echo Workflow",
-        steps=[Step(name="echo-step", agent=step_agent)],
-        db=db,
-        add_workflow_history_to_steps=True,  # the step sees earlier runs: a session visibly continues
-        telemetry=False,
+        id=WORKFLOW_ID, name="Echo Workflow", steps=[Step(name="echo-step", agent=step_agent)], db=db, telemetry=False
     )
+    # The step sees earlier runs: a session visibly continues. Set after construction: agno warns
+    # about history without a database, and the gateway gives one later (gateway/local_os.py).
+    workflow.add_workflow_history_to_steps = True
     return DemoComponents(agent=agent, team=team, workflow=workflow)
 
 
-_default = build_demo(
-    instance=os.environ.get("GATEWAY_INSTANCE_NAME", "gateway"), db=open_db(os.environ.get("GATEWAY_DEMO_DB"))
-)
+# Without GATEWAY_DEMO_DB they have no database: the gateway gives them its local one
+# (gateway/local_os.py), which its in-process AgentOS serves the data routes of.
+_demo_db_url = os.environ.get("GATEWAY_DEMO_DB")
+_default = _build(os.environ.get("GATEWAY_INSTANCE_NAME", "gateway"), open_db(_demo_db_url) if _demo_db_url else None)
 echo_agent: Agent = _default.agent
 echo_team: Team = _default.team
 echo_workflow: Workflow = _default.workflow
