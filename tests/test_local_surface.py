@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -26,7 +27,7 @@ from tests.processes import Server, start_server
 
 AGENT_UI = "http://localhost:3000"
 TIMEOUT_S = 30.0
-WORKER_PROBES = 16  # connections opened to find both workers of a two-worker gateway
+WORKERS_FOUND_TIMEOUT_S = 60.0  # until a connection to each worker of a two-worker gateway is open
 
 
 @pytest.fixture(scope="module")
@@ -211,12 +212,17 @@ def test_workers_share_the_local_database(log_dir: Path) -> None:
     through the other. A kept-alive connection stays with the worker that accepted it, and
     ``/health``'s ``instantiated_at`` tells the workers apart."""
     server = start_server("local-surface-workers", ["serve", "--workers", "2"], log_dir)
-    clients = [httpx.Client(base_url=server.url, timeout=TIMEOUT_S) for _ in range(WORKER_PROBES)]
+    clients: List[httpx.Client] = []
     try:
+        # Both workers accept on the one socket; a worker still starting accepts nothing, so new
+        # connections are opened until each worker has answered one (a bounded wait, no sleep).
         by_worker: Dict[str, httpx.Client] = {}
-        for client in clients:
+        deadline = time.monotonic() + WORKERS_FOUND_TIMEOUT_S
+        while len(by_worker) < 2:
+            assert time.monotonic() < deadline, f"{len(clients)} connections all went to one worker"
+            client = httpx.Client(base_url=server.url, timeout=TIMEOUT_S)
+            clients.append(client)
             by_worker.setdefault(client.get("/health").json()["instantiated_at"], client)
-        assert len(by_worker) == 2, f"{WORKER_PROBES} connections all went to one worker"
         one, other = by_worker.values()
         session_id = one.post("/v1/agents/echo-agent/run", json={"input": "hi"}).json()["session_id"]
         listed = other.get("/sessions?type=agent").json()["data"]
