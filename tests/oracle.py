@@ -150,6 +150,40 @@ def _measured(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# agno's tables whose lists AgentOS sorts by time, by their id column.
+TIMED_TABLES = {"agno_sessions": "session_id", "agno_memories": "memory_id", "agno_eval_runs": "run_id"}
+
+
+def spread_times(paths: Sequence[Path], tables: Dict[str, str] = TIMED_TABLES) -> None:
+    """Make the ``created_at`` and ``updated_at`` of these tables' rows distinct across all of
+    ``paths``, keeping their order (ties broken by id): AgentOS stores whole seconds and leaves rows
+    of one second in no defined order, so two servers holding the same rows could page them apart.
+    Call it while nothing writes to the files."""
+    connections = [sqlite3.connect(path) for path in paths]
+    try:
+        for table, id_column in tables.items():
+            for column in ("created_at", "updated_at"):
+                rows = []
+                for index, db in enumerate(connections):
+                    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone():
+                        continue
+                    query = f'SELECT "{column}", "{id_column}" FROM "{table}" WHERE "{column}" IS NOT NULL'
+                    rows += [(value, row_id, index) for value, row_id in db.execute(query)]
+                previous = None
+                for value, row_id, index in sorted(rows):
+                    new = value if previous is None or value > previous else previous + 1
+                    previous = new
+                    if new != value:
+                        connections[index].execute(
+                            f'UPDATE "{table}" SET "{column}" = ? WHERE "{id_column}" = ?', (new, row_id)
+                        )
+        for db in connections:
+            db.commit()
+    finally:
+        for db in connections:
+            db.close()
+
+
 def merge_sqlite(sources: Sequence[Path], target: Path) -> Dict[str, int]:
     """``target``: a new SQLite file with every table of ``sources`` and all their rows (a row
     already there, by its primary key, is kept once). Answers the row count per table."""
@@ -213,4 +247,4 @@ def shorten(value: Any, limit: int = 1500) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-__all__: List[str] = ["Failed", "Raised", "Normalizer", "as_json", "differences", "merge_sqlite", "outcome", "table_rows"]
+__all__: List[str] = ["Failed", "Raised", "spread_times", "Normalizer", "as_json", "differences", "merge_sqlite", "outcome", "table_rows"]
