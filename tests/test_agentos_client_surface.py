@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple
 
+import httpx
 import pytest
 from agno.client import AgentOSClient
 from agno.db.base import SessionType
@@ -41,8 +42,8 @@ pytestmark = pytest.mark.timeout(120)
 
 AGENT, TEAM, WORKFLOW = "echo-agent", "echo-team", "echo-workflow"
 TWIN = "-twin"
-# What the oracle's answers carry where the gateway's carry another value for the same thing.
-UNORDERED_KEYS = ("topics", "databases", "session_ids", "memory_ids")
+# Keys whose lists AgentOS returns in no defined order (sets, or one entry per database).
+UNORDERED_KEYS = ("topics", "databases", "dbs", "session_ids", "memory_ids")
 
 
 @dataclass
@@ -162,7 +163,14 @@ async def _stop(servers: List[Server]) -> None:
 
 
 def _aliases(*servers: Server) -> Dict[str, str]:
-    return {TWIN: "", **{server.name: "<instance>" for server in servers}}
+    """Twin ids as their originals; instance names; and every database id a server lists (agno
+    derives it from the database's URL, so each side's differ where its files do)."""
+    aliases = {TWIN: "", **{server.name: "<instance>" for server in servers}}
+    for server in servers:
+        config = httpx.get(f"{server.url}/config", timeout=30)
+        config.raise_for_status()
+        aliases.update({db_id: "<db>" for db_id in config.json().get("databases") or []})
+    return aliases
 
 
 @pytest.fixture(scope="class")
@@ -805,13 +813,36 @@ async def compare(topology: Topology, method: str) -> None:
     )
 
 
+async def oracle_holds_the_setup(topology: Topology) -> None:
+    """The comparison means something only if the oracle holds what the setup wrote: every
+    session, memory and eval run (a harness that lost them would compare empty with empty)."""
+    client = AgentOSClient(topology.oracle.url, timeout=60)
+    named = [*AGENT_SESSIONS, "team-0", "workflow-0", *SPARE_SESSIONS]
+    expected = {name + suffix for name in named for suffix in ("", TWIN)}
+    listed = set()
+    for kind in SessionType:
+        page = await client.get_sessions(kind, limit=500)
+        listed |= {session.session_id for session in page.data}
+    assert expected <= listed, f"sessions the oracle lacks: {sorted(expected - listed)}"
+    memories = await client.list_memories(limit=500)
+    assert memories.meta.total_count == 2 * (len(MEMORIES) + len(SPARE_MEMORIES))
+    evaluations = await client.list_eval_runs(limit=500)
+    assert evaluations.meta.total_count == 2 * (1 + len(SPARE_EVALS))
+
+
 class TestSharedDatabase:
+    async def test_the_oracle_holds_the_setup(self, shared: Topology) -> None:
+        await oracle_holds_the_setup(shared)
+
     @pytest.mark.parametrize("method", _params("shared"))
     async def test_answers_as_agentos(self, shared: Topology, method: str) -> None:
         await compare(shared, method)
 
 
 class TestOwnDatabases:
+    async def test_the_oracle_holds_the_setup(self, own: Topology) -> None:
+        await oracle_holds_the_setup(own)
+
     @pytest.mark.parametrize("method", _params("own"))
     async def test_answers_as_agentos(self, own: Topology, method: str) -> None:
         await compare(own, method)
