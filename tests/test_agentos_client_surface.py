@@ -202,10 +202,13 @@ async def own(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
     servers: List[Server] = []
     try:
         upstreams = await _start_upstreams(["own-a", "own-b"], servers, log_dir, db_dir=db_dir)
-        # AgentOS's own 503s (no knowledge base) count as gateway failures today: five of the
-        # knowledge calls landing on one upstream would eject it, and its data with it, for the
-        # rest of the class (test_agentos_own_503_answers_eject_no_upstream shows it).
-        config = gateway_config(upstreams, outlier={"consecutive_failures": 1000})
+        # Here an upstream taken out takes its data with it, so nothing may take one out: AgentOS's
+        # own 503s (no knowledge base) count as gateway failures today, and five of the knowledge
+        # calls on one upstream would eject it (test_agentos_own_503_answers_eject_no_upstream);
+        # and a probe slowed by a busy machine must not mark one unhealthy.
+        config = gateway_config(
+            upstreams, outlier={"consecutive_failures": 1000}, health={"timeout_s": 10.0, "unhealthy_threshold": 20}
+        )
         gateway = start_gateway("own-gateway", config, log_dir)
         servers.append(gateway)
         made: Dict[str, str] = {}
