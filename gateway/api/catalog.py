@@ -8,6 +8,7 @@ Upstream catalogs come from the pool's probes (``GET /config`` after each good p
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from typing import Any, Callable, Dict, List, Optional
@@ -33,7 +34,10 @@ logger = logging.getLogger(__name__)
 
 LISTING_TIMEOUT_S = 10.0
 # GET /config keys that hold {"dbs": [...]} per domain.
-_DOMAIN_KEYS = ("session", "metrics", "memory", "learning", "evals", "traces")
+_DOMAIN_KEYS = ("session", "metrics", "memory", "learning", "evals", "traces", "knowledge")
+# GET /config keys the gateway answers for itself: its own id, the entities by the directory,
+# and no interfaces (the doors are not proxied).
+_OWN_KEYS = frozenset({"os_id", "interfaces", *(kind.path for kind in EntityKind)})
 
 
 def local_config(settings: Settings, registry: LocalRegistry) -> Dict[str, Any]:
@@ -61,7 +65,8 @@ def merged_config(
     settings: Settings, registry: LocalRegistry, directory: Directory, upstreams: List[Upstream]
 ) -> Dict[str, Any]:
     """Local entities first, then each upstream's; each id once, from the side the directory
-    routes it to. Models, databases and each domain's dbs are unions."""
+    routes it to. Models, databases and each domain's lists (its ``dbs``, by id) are unions; a
+    section the gateway has no part of (``queue``, ``filesystem``, ...) is the first upstream's."""
     config = local_config(settings, registry)
     for kind in EntityKind:
         config[kind.path] = [
@@ -81,16 +86,22 @@ def merged_config(
                     present.add(entity_id)
         _union(config, "available_models", catalog.get("available_models"), key=lambda m: (m.get("id"), m.get("provider")))
         _union(config, "databases", catalog.get("databases"), key=lambda db: db)
-        for domain in _DOMAIN_KEYS:
-            section = catalog.get(domain)
-            dbs = section.get("dbs") if isinstance(section, dict) else None
-            if dbs:
-                _union(config.setdefault(domain, {"dbs": []}), "dbs", dbs, key=_db_key)
+        for key, value in catalog.items():
+            if key in _OWN_KEYS or key in ("available_models", "databases"):
+                continue
+            if key not in config:  # a section the gateway has no part of: the first upstream's
+                config[key] = copy.deepcopy(value)
+            elif isinstance(value, dict) and isinstance(config[key], dict):
+                for field, items in value.items():  # a domain: its lists are unions (dbs by id)
+                    if isinstance(items, list):
+                        _union(config[key], field, items, key=_db_key)
     return config
 
 
 def _db_key(db: Any) -> Any:
-    return db.get("db_id") if isinstance(db, dict) else db
+    if isinstance(db, dict):
+        return db["db_id"] if "db_id" in db else json.dumps(db, sort_keys=True, default=str)
+    return db
 
 
 def _union(target: Dict[str, Any], field: str, items: Any, *, key: Callable[[Any], Any]) -> None:

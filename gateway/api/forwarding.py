@@ -236,7 +236,7 @@ class Forwarder:
                 background=run is not None and run.background,
             )  # fmt: skip
         body = answer
-        flight.finish(Outcome.of_status(status))
+        flight.finish(Outcome.of_status(status, _is_json(opened)))
         if run is not None and status == 200:
             metrics.record_run(*run.labels, _run_status(body))
         return Response(body, status_code=status, headers=headers)
@@ -269,7 +269,7 @@ class Forwarder:
             flight.finish()
             raise
         status = opened.response.status
-        flight.finish(Outcome.of_status(status))
+        flight.finish(Outcome.of_status(status, _is_json(opened)))
         if body is None:  # a stream where a JSON answer was expected
             opened.response.close()
             raise UpstreamFailure(opened.upstream, Outcome.SUCCESS, ANSWERED, 502, "a stream, not a JSON answer")
@@ -343,6 +343,10 @@ class Forwarder:
 
 _STATUS_KEY = b'"status":"'
 RUN_STATUSES = frozenset({"COMPLETED", "ERROR", "CANCELLED", "PAUSED", "RUNNING", "PENDING"})
+
+
+def _is_json(opened: Opened) -> bool:
+    return opened.response.headers.get("Content-Type", "").startswith("application/json")
 
 
 def _run_status(body: bytes) -> Optional[str]:

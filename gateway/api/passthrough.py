@@ -119,10 +119,12 @@ class Passthrough:
         pairs = request.query_params.multi_items()
         content_type = request.headers.get("content-type", "")
         db_id = params.get("db_id") or named_value(pairs, outgoing.body, content_type, "db_id")
-        if request.method == "DELETE":
+        if request.method == "DELETE" or "db_id" in params:  # a database by its id: all behind it
             return await storage.everywhere(request, outgoing, db_id)
         if route.rule is Rule.ITEM:
-            return await storage.lookup(request, outgoing, db_id, key=params[route.parameters[0]])
+            return await storage.lookup(
+                request, outgoing, db_id, key=params[route.parameters[0]], ids=tuple(params.values())
+            )
         if request.method == "GET":
             return await storage.read(request, route.template, outgoing, db_id)
         user_id = named_value(pairs, outgoing.body, content_type, "user_id")

@@ -48,7 +48,7 @@ async def session_route(
         return await storage.by_session(request, upstreams, session_id, outgoing, db_id)
     if request.method == "DELETE":
         return await storage.everywhere(request, outgoing, db_id)
-    return await storage.lookup(request, outgoing, db_id, key=session_id)
+    return await storage.lookup(request, outgoing, db_id, key=session_id, ids=tuple(params.values()))
 
 
 def creation_target(

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.forwarding import UPSTREAM_HEADER, Fetched, Forwarder
+from gateway.api.forwarding import UPSTREAM_HEADER, Fetched, Forwarder, segment
 from gateway.api.merging import (
     LIST_SHAPES, ListShape, PageRequest, group_query, merge_count, merge_pages, merge_rows, merge_union, page_request,
 )  # fmt: skip
@@ -192,18 +192,23 @@ class StorageRouter:
         seen.append(fetched.upstream)
         return fetched
 
-    async def lookup(self, request: Request, outgoing: Outgoing, db_id: Optional[str], key: str) -> Response:
-        """An item: each group in turn (the rendezvous order of ``key``) until one has it."""
+    async def lookup(
+        self, request: Request, outgoing: Outgoing, db_id: Optional[str], key: str, ids: Sequence[str] = ()
+    ) -> Response:
+        """An item: each group in turn (the rendezvous order of ``key``) until one has it. When
+        none has: the 404 of the group that got furthest, the one whose detail names the most of
+        the path's ``ids`` ("Run ... not found in session S" from the group holding session S,
+        rather than another group's "Session S not found"), the first in order on a tie."""
         groups = self.targets(db_id)
         if len(groups) < 2:
             return await self.forward_one(request, outgoing, groups[0] if groups else None, db_id)
-        answer: Optional[Response] = None
+        missing: List[Response] = []
         for group in self.ranked(groups, key):
             answer = await self.forward_one(request, _copy(outgoing), group, db_id)
             if answer.status_code != 404:
-                break
-        assert answer is not None
-        return answer
+                return answer
+            missing.append(answer)
+        return max(missing, key=lambda answer: _ids_named(answer, ids))
 
     async def everywhere(self, request: Request, outgoing: Outgoing, db_id: Optional[str]) -> Response:
         """A delete: every group (an id may be stored in any). 404 only when every group said
@@ -251,9 +256,11 @@ def _int_total(answer: Any) -> int:
 
 
 def translated(outgoing: Outgoing, made_id: str, real_id: str) -> Outgoing:
-    """``outgoing`` with a ``db_id`` the gateway made replaced by a group's own: in the query,
-    and in a JSON body that carries it."""
+    """``outgoing`` with a ``db_id`` the gateway made replaced by a group's own: in the path
+    (``/databases/{db_id}/migrate``), in the query, and in a JSON body that carries it."""
     path, _, raw_query = outgoing.path.partition("?")
+    made, real = segment(made_id), segment(real_id)
+    path = "/".join(real if part == made else part for part in path.split("/"))
     pairs = with_db_id(_pairs(raw_query), real_id)
     body = outgoing.body
     if body and outgoing.headers.get("Content-Type", "").split(";")[0].strip().lower() == "application/json":
@@ -267,6 +274,12 @@ def translated(outgoing: Outgoing, made_id: str, real_id: str) -> Outgoing:
         outgoing.method, path + ("?" + urlencode(pairs) if pairs else ""), dict(outgoing.headers), body,
         outgoing.expects_stream,
     )  # fmt: skip
+
+
+def _ids_named(answer: Response, ids: Sequence[str]) -> int:
+    """How many of ``ids`` a (small, whole) 404 answer's body names."""
+    body = bytes(answer.body) if isinstance(getattr(answer, "body", None), (bytes, memoryview)) else b""
+    return sum(1 for value in ids if value and value.encode() in body)
 
 
 def _copy(outgoing: Outgoing) -> Outgoing:

@@ -53,12 +53,16 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"  # connect, answer or stream silence
     RESET = "reset"  # the connection was lost before or while answering (a stream cut short)
     PROTOCOL_ERROR = "protocol_error"  # an answer that is not HTTP
-    GATEWAY_ERROR = "gateway_error"  # it answered 502, 503 or 504
-    SERVER_ERROR = "server_error"  # it answered another 5xx: AgentOS's answer to an exception
+    GATEWAY_ERROR = "gateway_error"  # it answered 502, 503 or 504, not as AgentOS answers
+    SERVER_ERROR = "server_error"  # another 5xx, or AgentOS's own JSON 5xx: its answer to the request
 
     @classmethod
-    def of_status(cls, status_code: int) -> "Outcome":
-        if status_code in (502, 503, 504):
+    def of_status(cls, status_code: int, json_answer: bool = False) -> "Outcome":
+        """``json_answer``: the body is JSON, as AgentOS's own errors are. AgentOS answers some
+        requests with a 503 of its own (``{"detail": "No knowledge base is available..."}``):
+        that is its verdict on the request, which any client can ask for, not a sign that the
+        upstream is broken (a server that is: uvicorn's or a proxy's 502/503/504, in text)."""
+        if status_code in (502, 503, 504) and not json_answer:
             return cls.GATEWAY_ERROR
         return cls.SERVER_ERROR if status_code >= 500 else cls.SUCCESS
 

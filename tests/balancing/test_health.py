@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.balancing import ActiveState, HealthPolicy, Outcome, OutlierPolicy, Probe, RetryBudget, UpstreamHealth, may_eject
+from gateway.balancing.health import UPSTREAM_FAILURES
 
 
 def test_pending_until_the_first_probe_decides() -> None:
@@ -60,6 +61,14 @@ def test_a_plain_500_ejects_only_when_configured_and_otherwise_ends_a_streak() -
                                              (503, Outcome.GATEWAY_ERROR), (504, Outcome.GATEWAY_ERROR)])  # fmt: skip
 def test_outcome_of_a_status(status: int, outcome: Outcome) -> None:
     assert Outcome.of_status(status) is outcome
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_agentos_own_json_5xx_is_its_answer_not_a_broken_upstream(status: int) -> None:
+    """AgentOS's ``{"detail": "No knowledge base is available..."}`` 503 counts as a 5xx answer
+    (ejecting only with ``count_5xx``), never as the upstream failing."""
+    assert Outcome.of_status(status, json_answer=True) is Outcome.SERVER_ERROR
+    assert Outcome.of_status(status, json_answer=True) not in UPSTREAM_FAILURES
 
 
 @pytest.mark.parametrize("seen_down", [False, True])
