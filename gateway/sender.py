@@ -34,7 +34,7 @@ class Outgoing:
     """What to send: ``path`` (with its query) is appended to the upstream's base url."""
 
     method: str
-    path: str  # percent-encoded (``api/forwarding.py``'s ``segment``, ``upstream_path``): sent as it is
+    path: str  # percent-encoded (from a route's template and ``api/forwarding.py``'s ``segment``): sent as it is
     headers: Dict[str, str] = field(default_factory=dict)
     body: Optional[bytes] = None
     expects_stream: bool = False  # the first-byte timeout applies; else the whole-run timeout

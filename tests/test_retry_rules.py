@@ -4,9 +4,8 @@ ids can make (api/forwarding.py): pure rules, no I/O."""
 from __future__ import annotations
 
 import pytest
-from starlette.requests import Request
 
-from gateway.api.forwarding import query, segment, upstream_path
+from gateway.api.forwarding import query, segment
 from gateway.retry import RequestState, may_retry
 
 
@@ -45,21 +44,6 @@ def test_no_retry_past_the_budget() -> None:
 )
 def test_a_segment_never_adds_a_segment_a_query_or_a_dot_segment(value: str, encoded: str) -> None:
     assert segment(value) == encoded
-
-
-def _request(raw_path: bytes, query_string: bytes = b"") -> Request:
-    from urllib.parse import unquote
-
-    path = unquote(raw_path.decode("latin-1"))
-    return Request({"type": "http", "method": "GET", "path": path, "raw_path": raw_path, "query_string": query_string, "headers": []})
-
-
-def test_a_forwarded_path_keeps_its_segments_and_loses_its_dot_segments() -> None:
-    assert upstream_path(_request(b"/sessions/s1/runs", b"type=agent&db_id=x")) == "/sessions/s1/runs?type=agent&db_id=x"
-    assert upstream_path(_request(b"/sessions/x/%2e%2e/%2e%2e/config")) == "/sessions/x/%2E%2E/%2E%2E/config"
-    assert upstream_path(_request(b"/sessions/a%3Fb")) == "/sessions/a%3Fb"
-    assert upstream_path(_request(b"/sessions/a%2Fb/runs")) == "/sessions/a%2Fb/runs"  # one segment stays one
-    assert upstream_path(_request("/sessions/é".encode())) == "/sessions/%C3%A9"
 
 
 def test_a_query_is_parsed_and_encoded_again() -> None:

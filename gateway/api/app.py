@@ -52,7 +52,7 @@ def create_app(
     settings = settings if settings is not None else load_settings(config_path)
     registry = registry if registry is not None else LocalRegistry.from_config(settings.local)
     services = Services.build(settings, registry, config_path)
-    pool, forwarder = services.pool, services.forwarder
+    forwarder = services.forwarder
     instantiated_at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
     @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
-from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
 from starlette.requests import Request
@@ -69,13 +69,6 @@ def query(raw: str) -> str:
     """A client's query string, parsed and encoded again: ``?`` and what follows, or nothing."""
     pairs = parse_qsl(raw, keep_blank_values=True)
     return "?" + urlencode(pairs) if pairs else ""
-
-
-def upstream_path(request: Request) -> str:
-    """The request's own path and query for an upstream: each segment of the client's path
-    decoded and encoded again, so none can become a dot segment, a query or two segments."""
-    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
-    return "/".join(segment(unquote_to_bytes(part)) for part in raw.split(b"/")) + query(request.url.query)
 
 
 @dataclass(frozen=True)

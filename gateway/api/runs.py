@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
 from gateway.api import run_prep
-from gateway.api.forwarding import Forwarder, RunInfo, segment, upstream_path
+from gateway.api.forwarding import Forwarder, RunInfo, query, segment
 from gateway.api.limits import Limiter
 from gateway.api.local_runs import cancel_locally, run_locally, run_params
 from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
@@ -233,7 +233,8 @@ def _add_kind_routes(
         if isinstance(target, LocalEntity):  # stored where the gateway's own runs store
             target = Remote(directory.local_data())
         choice = _choice_for_run(fwd, target, run_id, session_id)
-        return await fwd.forward(request, choice, Outgoing("GET", upstream_path(request)), with_affinity=False)
+        path = f"/{kind.path}/{segment(entity_id)}/runs" + (f"/{segment(run_id)}" if run_id is not None else "")
+        return await fwd.forward(request, choice, Outgoing("GET", path + query(request.url.query)), with_affinity=False)
 
     prefix = f"/{kind.path}/{{entity_id}}/runs"
     for path, endpoint, methods, summary, tags in (

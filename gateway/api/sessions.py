@@ -33,7 +33,6 @@ async def session_route(
     upstreams: List[Upstream],
 ) -> Response:  # fmt: skip
     """Answer a ``SESSION`` route; ``upstreams``: the entity's, for an entity's session route."""
-    forwarder = storage.forwarder
     pairs = request.query_params.multi_items()
     db_id = named_value(pairs, outgoing.body, request.headers.get("content-type", ""), "db_id")
     session_id = params.get("session_id")
