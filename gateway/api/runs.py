@@ -22,6 +22,7 @@ from starlette.datastructures import FormData, UploadFile
 from gateway.api.forwarding import Forwarder, RunInfo, form_body, new_session, segment, upstream_path, with_form_fields
 from gateway.api.limits import Limiter
 from gateway.api.local_runs import cancel_locally, run_locally, run_params
+from gateway.api.ownership import RunAccess, check_run
 from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
 from gateway.errors import BadRequest, NoUpstream, NotFound, NotImplementedHere, Unprocessable
 from gateway.local import LocalEntity
@@ -214,7 +215,11 @@ def _add_kind_routes(
         check_id("run_id", run_id)
         if isinstance(target, LocalEntity):
             return JSONResponse(await cancel_locally(target, run_id))
-        status = await _forwarder(forwarder).cancel(target.upstreams, kind, entity_id, run_id, request.url.query)
+        fwd, session_id = _forwarder(forwarder), request.query_params.get("session_id")
+        check_id("session_id", session_id)
+        if not await check_run(fwd, request, RunAccess.CANCEL, kind, entity_id, run_id, target.upstreams, session_id):
+            return JSONResponse({})  # AgentOS's answer to a run it does not have; nothing is sent
+        status = await fwd.cancel(target.upstreams, kind, entity_id, run_id, request.url.query)
         if status == 200:
             return JSONResponse({})
         return JSONResponse({"detail": "No upstream took the cancel"}, status_code=502 if status == 502 else status)
@@ -241,10 +246,13 @@ def _add_kind_routes(
             expects_stream=stream,
         )
         run = RunInfo(kind, entity_id, run_id, session_id, background=is_background(form.get("background")))
+
+        async def checked() -> Response:  # within the slot: a read-back is bounded by the run limit too
+            await check_run(fwd, request, RunAccess.ACT, kind, entity_id, run_id, target.upstreams, session_id)
+            return await fwd.forward(request, _choice_for_run(fwd, target, run_id, session_id), outgoing, run=run)
+
         # A continue runs the model again: a run slot (and a stream slot), as a run takes.
-        return await limiter.run(
-            stream, lambda: fwd.forward(request, _choice_for_run(fwd, target, run_id, session_id), outgoing, run=run)
-        )
+        return await limiter.run(stream, checked)
 
     async def read_runs(entity_id: str, request: Request, run_id: Optional[str] = None) -> Response:
         target = resolve(directory, kind, entity_id, request)
@@ -253,6 +261,8 @@ def _add_kind_routes(
         fwd = _forwarder(forwarder)
         session_id = request.query_params.get("session_id")
         _check_ids(session_id, run_id)
+        if run_id is not None:
+            await check_run(fwd, request, RunAccess.READ, kind, entity_id, run_id, target.upstreams, session_id)
         choice = _choice_for_run(fwd, target, run_id, session_id)
         return await fwd.forward(request, choice, Outgoing("GET", upstream_path(request)), with_affinity=False)
 

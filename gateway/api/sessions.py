@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.api.forwarding import Forwarder, new_session, upstream_path
+from gateway.api.ownership import check_session
 from gateway.api.runs import resolve
 from gateway.pool import Upstream
 from gateway.sender import Outgoing
@@ -69,6 +70,7 @@ def _add_entity_session_route(router: APIRouter, kind: EntityKind, directory: Di
         check_id("session_id", session_id)
         if not isinstance(target, Remote):
             return Response(status_code=501)
+        await check_session(forwarder, request, kind, entity_id, session_id, target.upstreams)
         choice = forwarder.choose(target.upstreams, session_id)
         return await forwarder.forward(request, choice, await _outgoing(request), with_affinity=False)
 
