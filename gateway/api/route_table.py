@@ -10,7 +10,8 @@ The rules, by what decides the upstream:
 
 * ``SESSION``: the session id (rendezvous hashing over the entity's upstreams): runs, session routes.
 * ``RUN``: the run's recorded owner (``Forwarder.run_owners``) when usable, else the ``session_id``
-  form or query field, else the ``ITEM`` rule.
+  form or query field, else the ``ITEM`` rule; the run must belong to the path's entity
+  (``api/ownership.py``).
 * ``COLLECTION``: a family's list, its create, its bulk operations: any usable upstream.
 * ``ITEM``: one stored object: any usable upstream; on a 404 the next one, in order, until one does
   not answer 404.
