@@ -159,12 +159,14 @@ async def test_an_unverifiable_cancel_from_a_limited_key_is_answered_as_an_unkno
 async def test_a_continue_through_another_entity_is_refused(
     starter, through, upstreams, kind: str, entity: str, key: str, other_path: str
 ) -> None:
-    """AgentOS continues a team's run through an agent's route (and runs the team): refused here."""
+    """AgentOS continues a team's run through an agent's route (and runs the team): refused here,
+    to a key for everything too (the replica reads the run back to know)."""
     run_id, session_id, owner = await _run(starter, kind, entity)
     form = {"input": "more", "session_id": session_id, "stream": "false"}
-    async with httpx.AsyncClient(base_url=through.url, timeout=30, headers=_auth(key)) as client:
-        refused = await client.post(f"{other_path}/runs/{run_id}/continue", data=form)
-    assert refused.status_code == 404 and refused.json() == RUN_NOT_FOUND, refused.text
+    async with httpx.AsyncClient(base_url=through.url, timeout=30) as client:
+        for each in (key, ALL_KEY):
+            refused = await client.post(f"{other_path}/runs/{run_id}/continue", data=form, headers=_auth(each))
+            assert refused.status_code == 404 and refused.json() == RUN_NOT_FOUND, refused.text
     assert await _run_count(_by_name(upstreams, owner), session_id) == 1  # nothing was continued
 
 
@@ -198,12 +200,16 @@ async def test_a_resume_through_another_entity_is_refused(starter, through, upst
     assert await _ended(upstream, session_id, run_id) == "COMPLETED"
     form = {"session_id": session_id, "last_event_index": "0"}
     async with httpx.AsyncClient(timeout=30) as client:
-        refused = await client.post(f"{through.url}/teams/echo-team/runs/{run_id}/resume", data=form, headers=_auth(TEAM_KEY))
+        refused = [
+            await client.post(f"{through.url}/teams/echo-team/runs/{run_id}/resume", data=form, headers=_auth(key))
+            for key in (TEAM_KEY, ALL_KEY)
+        ]
         # the oracle: AgentOS replays the agent's run through the team's route
         direct = await client.post(f"{upstream.url}/teams/echo-team/runs/{run_id}/resume", data=form)
         allowed = await client.post(f"{through.url}/agents/echo-agent/runs/{run_id}/resume", data=form, headers=_auth(AGENT_KEY))
     assert direct.status_code == 200 and "RunCompleted" in _events(direct.text)
-    assert refused.status_code == 404 and refused.json() == RUN_NOT_FOUND, refused.text
+    for answer in refused:
+        assert answer.status_code == 404 and answer.json() == RUN_NOT_FOUND, answer.text
     assert allowed.status_code == 200 and _events(allowed.text) == _events(direct.text)
 
 
@@ -229,9 +235,12 @@ async def test_a_fork_of_another_entitys_session_is_refused(starter, through, up
     upstream = _by_name(upstreams, owner)
     before = await _session_count(upstream)
     async with httpx.AsyncClient(base_url=through.url, timeout=30) as client:
-        refused = await client.post(f"/teams/echo-team/sessions/{session_id}/fork", headers=_auth(TEAM_KEY))
+        refused = [
+            await client.post(f"/teams/echo-team/sessions/{session_id}/fork", headers=_auth(key)) for key in (TEAM_KEY, ALL_KEY)
+        ]
         compact = await client.post(f"/agents/echo-agent/sessions/{session_id}/compact", headers=_auth(AGENT_KEY))
-    assert refused.status_code == 404 and refused.json() == SESSION_NOT_FOUND, refused.text
+    for answer in refused:
+        assert answer.status_code == 404 and answer.json() == SESSION_NOT_FOUND, answer.text
     assert await _session_count(upstream) == before  # no copy was made
     assert compact.status_code == 200, compact.text  # the agent's own session
     async with httpx.AsyncClient(base_url=through.url, timeout=30, headers=_auth(AGENT_KEY)) as client:
@@ -243,10 +252,11 @@ async def test_a_compact_of_another_entitys_session_is_refused(starter, through,
     _, session_id, owner = await _run(starter, "teams", "echo-team")
     path = f"/agents/echo-agent/sessions/{session_id}/compact"
     async with httpx.AsyncClient(timeout=30) as client:
-        refused = await client.post(through.url + path, headers=_auth(AGENT_KEY))
+        refused = [await client.post(through.url + path, headers=_auth(key)) for key in (AGENT_KEY, ALL_KEY)]
         direct = await client.post(_by_name(upstreams, owner).url + path)  # AgentOS takes it
     assert direct.status_code == 200
-    assert refused.status_code == 404 and refused.json() == SESSION_NOT_FOUND, refused.text
+    for answer in refused:
+        assert answer.status_code == 404 and answer.json() == SESSION_NOT_FOUND, answer.text
 
 
 async def test_a_fork_of_a_session_no_upstream_has(replica, upstreams) -> None:
