@@ -246,13 +246,8 @@ def _add_kind_routes(
             expects_stream=stream,
         )
         run = RunInfo(kind, entity_id, run_id, session_id, background=is_background(form.get("background")))
-
-        async def checked() -> Response:  # within the slot: a read-back is bounded by the run limit too
-            await check_run(fwd, request, RunAccess.ACT, kind, entity_id, run_id, target.upstreams, session_id)
-            return await fwd.forward(request, _choice_for_run(fwd, target, run_id, session_id), outgoing, run=run)
-
         # A continue runs the model again: a run slot (and a stream slot), as a run takes.
-        return await limiter.run(stream, checked)
+        return await limiter.run(stream, lambda: _continue_of_its_entity(fwd, request, target, outgoing, run))
 
     async def read_runs(entity_id: str, request: Request, run_id: Optional[str] = None) -> Response:
         target = resolve(directory, kind, entity_id, request)
@@ -304,3 +299,9 @@ def _choice_for_run(fwd: Forwarder, target: Remote, run_id: Optional[str], sessi
 def _text(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
 
+
+async def _continue_of_its_entity(fwd: Forwarder, request: Request, target: Remote, outgoing: Outgoing, run: RunInfo) -> Response:
+    """A continue, forwarded when its run belongs to the path's entity (checked within the run
+    slot, so its read-back is bounded by the run limit too)."""
+    await check_run(fwd, request, RunAccess.ACT, run.kind, run.entity_id, run.run_id, target.upstreams, run.session_id)
+    return await fwd.forward(request, _choice_for_run(fwd, target, run.run_id, run.session_id), outgoing, run=run)
