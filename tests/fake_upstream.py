@@ -14,7 +14,8 @@ class FaultyUpstream:
     wrongly: garbage bytes for a message containing ``garbage``, an SSE stream cut after one frame
     for ``cut``, a JSON answer cut mid-body for ``short``, no answer at all for ``hold``; for
     ``slowly`` a whole answer (SSE, or JSON for ``stream=false``) that takes ``SLOW_ANSWER_S``.
-    Cancels are answered ``{}``; every path but the probes' is recorded."""
+    Cancels are answered ``{}``; ``documents`` answers a GET of its paths (the raw path) with its
+    JSON, and any other ``GET /sessions/...`` with a 404; every path but the probes' is recorded."""
 
     CONFIG = json.dumps({"os_id": "faulty", "agents": [{"id": "echo-agent"}], "teams": [], "workflows": []}).encode()
     SLOW_ANSWER_S = 3.0
@@ -26,6 +27,7 @@ class FaultyUpstream:
         self.seen_headers: Dict[str, str] = {}
         self.paths: List[str] = []  # the raw path of every request but probes, in order
         self.requested = asyncio.Event()  # set on each such request
+        self.documents: Dict[str, bytes] = {}  # raw path -> the JSON a GET of it answers
 
     @property
     def url(self) -> str:
@@ -55,6 +57,10 @@ class FaultyUpstream:
                     self.requested.set()
                 if path.endswith(b"/cancel"):
                     self._json(writer, b"{}")
+                elif head.startswith(b"GET ") and path.decode("latin-1") in self.documents:
+                    self._json(writer, self.documents[path.decode("latin-1")])
+                elif head.startswith(b"GET /sessions/"):
+                    self._json(writer, b'{"detail":"Session not found"}', status=b"404 Not Found")
                 elif path.startswith(b"/health"):
                     self._json(writer, b'{"status":"ok","instantiated_at":"2026-01-01T00:00:00Z"}')
                 elif path.startswith(b"/config"):

@@ -397,14 +397,11 @@ def one_upstream(request, log_dir, pool_upstreams):
 async def test_a_clients_own_500s_eject_nothing_unless_configured(one_upstream) -> None:
     gateway, name, count_5xx = one_upstream
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        agent_run = (await _run(client, "agent-session")).json()
-        # A team's continue naming an agent's run: AgentOS fails on it with a 500 (its own
-        # exception), which says nothing about the upstream's health.
-        form = {"tools": "[]", "session_id": agent_run["session_id"], "stream": "false"}
-        statuses = [
-            (await client.post(f"/teams/echo-team/runs/{agent_run['run_id']}/continue", data=form)).status_code
-            for _ in range(20)
-        ]
+        session_id = (await _run(client, "agent-session")).json()["session_id"]
+        # A session summary that is no summary: AgentOS fails on it with a 500 (its own
+        # exception, before it writes anything), which says nothing about the upstream's health.
+        bad = {"summary": {"not-a-summary-field": 1}}
+        statuses = [(await client.patch(f"/sessions/{session_id}", json=bad)).status_code for _ in range(20)]
         assert statuses == [500] * 20
         state = (await upstream_states(gateway))[name]
         scrape = await client.get(f"{gateway.admin_url}/metrics")

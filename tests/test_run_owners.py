@@ -1,10 +1,13 @@
-"""The run -> upstream record: bounded in entries and in bytes, expiring, swept."""
+"""The run record (upstream, entity, key): bounded in entries and in bytes, expiring, swept."""
 
 from __future__ import annotations
 
 import sys
 
-from gateway.run_owners import ENTRY_OVERHEAD_BYTES, RunOwners
+from gateway.run_owners import ENTRY_OVERHEAD_BYTES, RunOwners, RunRecord
+from gateway.wire.kinds import EntityKind
+
+AGENT = EntityKind.AGENT
 
 
 class Clock:
@@ -18,18 +21,36 @@ class Clock:
 def test_remembers_and_expires() -> None:
     clock = Clock()
     owners = RunOwners(ttl_s=10, clock=clock)
-    owners.remember("r1", "a")
+    owners.remember("r1", "a", EntityKind.TEAM, "echo-team", "team-key")
     assert owners.owner("r1") == "a" and owners.owner("unknown") is None
+    assert owners.record("r1") == RunRecord("a", EntityKind.TEAM, "echo-team", "team-key")
     clock.now = 10.0
-    assert owners.owner("r1") is None and len(owners) == 0 and owners.bytes == 0
+    assert owners.record("r1") is None and len(owners) == 0 and owners.bytes == 0
+
+
+def test_every_string_an_entry_holds_is_charged() -> None:
+    """The run id, the entity id and the key's name all come with the request: each is charged,
+    so the byte bound holds however long a client makes them (ids are capped at 256 bytes)."""
+    clock = Clock()
+    owners = RunOwners(ttl_s=60, clock=clock)
+    entity, key = "e" * 200, "k" * 100
+    owners.remember("r", "a", AGENT, entity, key)
+    assert owners.bytes == sys.getsizeof("r") + sys.getsizeof(entity) + sys.getsizeof(key) + ENTRY_OVERHEAD_BYTES
+    owners.remember("s", "a", AGENT, "echo-agent")  # no keys configured: no key charged
+    assert owners.bytes == (
+        sys.getsizeof("r") + sys.getsizeof(entity) + sys.getsizeof(key) + sys.getsizeof("s") + sys.getsizeof("echo-agent")
+        + 2 * ENTRY_OVERHEAD_BYTES
+    )  # fmt: skip
+    clock.now = 60.0
+    assert owners.sweep() == 2 and owners.bytes == 0
 
 
 def test_bounded_in_bytes_the_oldest_going_first() -> None:
     big = "x" * 10_000
-    cost = sys.getsizeof(big + "0") + ENTRY_OVERHEAD_BYTES
+    cost = sys.getsizeof(big + "0") + sys.getsizeof(big) + ENTRY_OVERHEAD_BYTES
     owners = RunOwners(ttl_s=60, max_bytes=cost * 3)
     for index in range(10):
-        owners.remember(big + str(index), "a")
+        owners.remember(big + str(index), "a", AGENT, big)
     assert len(owners) == 3 and owners.bytes <= cost * 3
     assert owners.owner(big + "9") == "a" and owners.owner(big + "0") is None
 
@@ -37,24 +58,24 @@ def test_bounded_in_bytes_the_oldest_going_first() -> None:
 def test_bounded_in_entries() -> None:
     owners = RunOwners(ttl_s=60, max_entries=100)
     for index in range(1_000):
-        owners.remember(f"r{index}", "a")
+        owners.remember(f"r{index}", "a", AGENT, "echo-agent")
     assert len(owners) == 100 and owners.owner("r999") == "a" and owners.owner("r0") is None
 
 
 def test_remembering_again_moves_an_entry_and_keeps_the_count_right() -> None:
     owners = RunOwners(ttl_s=60)
-    owners.remember("r", "a")
-    owners.remember("r", "b")
-    assert owners.owner("r") == "b" and len(owners) == 1
-    assert owners.bytes == sys.getsizeof("r") + ENTRY_OVERHEAD_BYTES
+    owners.remember("r", "a", AGENT, "echo-agent", "k1")
+    owners.remember("r", "b", EntityKind.TEAM, "echo-team")
+    assert owners.record("r") == RunRecord("b", EntityKind.TEAM, "echo-team", None) and len(owners) == 1
+    assert owners.bytes == sys.getsizeof("r") + sys.getsizeof("echo-team") + ENTRY_OVERHEAD_BYTES
 
 
 def test_sweep_drops_only_the_expired() -> None:
     clock = Clock()
     owners = RunOwners(ttl_s=10, clock=clock)
-    owners.remember("old", "a")
+    owners.remember("old", "a", AGENT, "echo-agent")
     clock.now = 5.0
-    owners.remember("new", "a")
+    owners.remember("new", "a", AGENT, "echo-agent")
     clock.now = 11.0
     assert owners.sweep() == 1
     assert len(owners) == 1 and owners.owner("new") == "a"

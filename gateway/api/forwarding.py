@@ -219,7 +219,8 @@ class Forwarder:
         request.state.retries = opened.tries - 1
         status = opened.response.status
         if run is not None and 200 <= status < 300:
-            self.run_owners.remember(run.run_id, opened.upstream.name)
+            key = request.scope.get("state", {}).get("api_key")  # set by api/auth.py
+            self.run_owners.remember(run.run_id, opened.upstream.name, run.kind, run.entity_id, key)
         headers = self.answer_headers(opened, choice.affinity if with_affinity else None)
         if answer is None:
             error_frame = run.error_frame if run is not None else generic_error_frame

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.api.errors import error_response
 from gateway.api.forwarding import Forwarder, query, segment
 from gateway.api.limits import Limiter
+from gateway.api.ownership import check_run_route
 from gateway.api.route_table import TABLE, Limit, Match, Route, RouteTable, Rule
 from gateway.api.storage import StorageRouter, named_value
 from gateway.api.runs import resolve
@@ -99,12 +100,13 @@ class Passthrough:
         if route.rule is Rule.RUN:
             run_id = params["run_id"]
             check_id("run_id", run_id)
+            session_id = request.query_params.get("session_id") or await _form_field(request, "session_id")
+            check_id("session_id", session_id)
+            await check_run_route(fwd, request, route, params, upstreams, session_id)
             owner = fwd.run_owners.owner(run_id)
             owned = [u for u in upstreams if u.name == owner and fwd.pool.is_usable(u)]
             if owned:
                 return await fwd.forward(request, fwd.choose(owned, None), outgoing, with_affinity=False)
-            session_id = request.query_params.get("session_id") or await _form_field(request, "session_id")
-            check_id("session_id", session_id)
             return await fwd.first_that_knows(request, fwd.choose(upstreams, session_id).order, outgoing)
         assert route.rule is Rule.SESSION
         assert self.storage is not None

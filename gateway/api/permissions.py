@@ -78,6 +78,14 @@ class Grants:
             ids = get_accessible_resource_ids(list(scopes), family, action="read")
             self.visible[family] = None if "*" in ids else frozenset(ids)
 
+    @property
+    def runs_every_entity(self) -> bool:
+        """Whether the key may run every agent, team and workflow (``agents:*:run``, ...)."""
+        if self.admin:
+            return True
+        runs = [self.permissions[(template, "POST")] for template in _RUN_TEMPLATES.values()]
+        return all(run.default and all(run.exceptions.values()) for run in runs)
+
     def refusal(self, method: str, path: str) -> Optional[Forbidden]:
         """None when the key may send ``method path`` (a decoded path), else the 403."""
         if self.admin:

@@ -12,7 +12,8 @@ The rules, by what decides the upstream:
   upstreams; ``/sessions/{session_id}...`` by the database groups in the session's rendezvous
   order, deletes to every group (``api/sessions.py``).
 * ``RUN``: the run's recorded owner (``Forwarder.run_owners``) when usable, else the ``session_id``
-  form or query field, else the ``ITEM`` rule.
+  form or query field, else the ``ITEM`` rule; the run must belong to the path's entity
+  (``api/ownership.py``).
 * ``COLLECTION``: a family's list (merged over the database groups), its create (the group of
   its ``db_id``, else of its ``user_id``), its bulk delete (every group): ``api/storage.py``.
 * ``ITEM``: one stored object: each database group in turn until one does not answer 404; a

@@ -22,6 +22,7 @@ from gateway.api import run_prep
 from gateway.api.forwarding import Forwarder, RunInfo, query, segment
 from gateway.api.limits import Limiter
 from gateway.api.local_runs import cancel_locally, run_locally, run_params
+from gateway.api.ownership import RunAccess, check_run
 from gateway.api.schemas import EXECUTION_KEYWORDS, RunRequest
 from gateway.errors import BadRequest, NoUpstream, NotFound, NotImplementedHere, Unprocessable
 from gateway.local import LocalEntity
@@ -193,7 +194,11 @@ def _add_kind_routes(
         check_id("run_id", run_id)
         if isinstance(target, LocalEntity):
             return JSONResponse(await cancel_locally(target, run_id))
-        status = await _forwarder(forwarder).cancel(target.upstreams, kind, entity_id, run_id, request.url.query)
+        fwd, session_id = _forwarder(forwarder), request.query_params.get("session_id")
+        check_id("session_id", session_id)
+        if not await check_run(fwd, request, RunAccess.CANCEL, kind, entity_id, run_id, target.upstreams, session_id):
+            return JSONResponse({})  # AgentOS's answer to a run it does not have; nothing is sent
+        status = await fwd.cancel(target.upstreams, kind, entity_id, run_id, request.url.query)
         if status == 200:
             return JSONResponse({})
         return JSONResponse({"detail": "No upstream took the cancel"}, status_code=502 if status == 502 else status)
@@ -221,9 +226,7 @@ def _add_kind_routes(
         )
         run = RunInfo(kind, entity_id, run_id, session_id, background=run_prep.is_background(form.get("background")))
         # A continue runs the model again: a run slot (and a stream slot), as a run takes.
-        return await limiter.run(
-            stream, lambda: fwd.forward(request, _choice_for_run(fwd, target, run_id, session_id), outgoing, run=run)
-        )
+        return await limiter.run(stream, lambda: _continue_of_its_entity(fwd, request, target, outgoing, run))
 
     async def read_runs(entity_id: str, request: Request, run_id: Optional[str] = None) -> Response:
         target = resolve(directory, kind, entity_id, request)
@@ -232,6 +235,8 @@ def _add_kind_routes(
         _check_ids(session_id, run_id)
         if isinstance(target, LocalEntity):  # stored where the gateway's own runs store
             target = Remote(directory.local_data())
+        if run_id is not None:
+            await check_run(fwd, request, RunAccess.READ, kind, entity_id, run_id, target.upstreams, session_id)
         choice = _choice_for_run(fwd, target, run_id, session_id)
         path = f"/{kind.path}/{segment(entity_id)}/runs" + (f"/{segment(run_id)}" if run_id is not None else "")
         return await fwd.forward(request, choice, Outgoing("GET", path + query(request.url.query)), with_affinity=False)
@@ -260,3 +265,9 @@ def _choice_for_run(fwd: Forwarder, target: Remote, run_id: Optional[str], sessi
 def _text(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
 
+
+async def _continue_of_its_entity(fwd: Forwarder, request: Request, target: Remote, outgoing: Outgoing, run: RunInfo) -> Response:
+    """A continue, forwarded when its run belongs to the path's entity (checked within the run
+    slot, so its read-back is bounded by the run limit too)."""
+    await check_run(fwd, request, RunAccess.ACT, run.kind, run.entity_id, run.run_id, target.upstreams, run.session_id)
+    return await fwd.forward(request, _choice_for_run(fwd, target, run.run_id, run.session_id), outgoing, run=run)

@@ -20,12 +20,14 @@ from starlette.responses import Response
 
 from gateway.api.forwarding import new_session
 from gateway.api.storage import StorageRouter, named_value
+from gateway.api.ownership import check_session
 from gateway.pool import Upstream
 from gateway.local import LocalEntity
 from gateway.routing import Directory, Remote
 from gateway.sender import Outgoing
 from gateway.wire.ids import check_id
 from gateway.wire.kinds import EntityKind
+from gateway.wire.paths import entity_path
 
 
 async def session_route(
@@ -43,7 +45,11 @@ async def session_route(
             return await storage.write(request, outgoing, db_id, user_id)
         return await storage.by_session(request, upstreams, session_id, outgoing, db_id)
     check_id("session_id", session_id)
-    if not template.startswith("/sessions/"):  # an entity's fork or compact
+    if not template.startswith("/sessions/"):  # an entity's fork or compact: a session of that entity
+        entity = entity_path(template)
+        assert entity is not None
+        entity_id = params[template.split("/")[2][1:-1]]
+        await check_session(storage.forwarder, request, entity.kind, entity_id, session_id, upstreams)
         return await storage.by_session(request, upstreams, session_id, outgoing, db_id)
     if request.method == "DELETE":
         return await storage.everywhere(request, outgoing, db_id)
