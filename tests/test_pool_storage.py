@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import httpx
 import pytest
 
+from tests.agent_ui import AgentUI
 from tests.pools import gateway_config, start_gateway, start_upstreams
 from tests.processes import Server
 
@@ -240,29 +241,40 @@ async def test_a_page_too_deep_to_merge_is_refused_and_a_db_id_no_group_has_is_a
 
 
 def _agent_ui_sequence(gateway: Server, upstreams: List[Server]) -> None:
-    """Agent UI's calls, as it makes them: ``GET /agents``, its ``db_id``, the session list, each
-    session's runs, a delete; every upstream's sessions listed, reopened and really deleted."""
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        agents = client.get("/agents").json()
+    """Agent UI's calls, as it makes them (each preflighted from its origin): ``GET /health``,
+    ``GET /agents`` and ``/teams``, the ``db_id`` of ``/agents``, a form run with ``stream=true``,
+    the session list, each session's runs, a delete; every upstream's sessions listed, reopened
+    and really deleted."""
+    ui = AgentUI(gateway)
+    try:
+        assert ui.call("GET", "/health").status_code == 200
+        agents = ui.call("GET", "/agents").json()
         (db_id,) = {agent["db_id"] for agent in agents if agent["id"] == "echo-agent"}
-        listed = client.get("/sessions", params={"type": "agent", "component_id": "echo-agent", "db_id": db_id})
+        assert "echo-team" in {team["id"] for team in ui.call("GET", "/teams").json()}
+        events = ui.run("echo-agent", "hello from the UI")
+        assert events[-1][0] == "RunCompleted", events[-1]
+        sessions = f"/sessions?type=agent&component_id=echo-agent&db_id={db_id}"
+        listed = ui.call("GET", sessions)
         assert listed.status_code == 200, listed.text
         everywhere = set()
         for server in upstreams:
             direct = httpx.get(server.url + "/sessions", params={**AGENT_SESSIONS, "limit": "100"}, timeout=30).json()
             everywhere |= {session["session_id"] for session in direct["data"]}
+        assert events[0][1]["session_id"] in everywhere
         page = {session["session_id"] for session in listed.json()["data"]}
         assert listed.json()["meta"]["total_count"] == len(everywhere)
         assert page <= everywhere and len(page) == min(20, len(everywhere))  # Agent UI's page: AgentOS's 20
         for session_id in sorted(everywhere):
-            runs = client.get(f"/sessions/{session_id}/runs", params={"type": "agent", "db_id": db_id})
+            runs = ui.call("GET", f"/sessions/{session_id}/runs?type=agent&db_id={db_id}")
             assert runs.status_code == 200 and runs.json(), (session_id, runs.text)
         for server in upstreams:  # one session of each upstream, deleted through the gateway
             session_id = httpx.get(server.url + "/sessions", params=AGENT_SESSIONS, timeout=30).json()["data"][0]["session_id"]
-            assert client.delete(f"/sessions/{session_id}", params={"db_id": db_id}).status_code == 204
+            assert ui.call("DELETE", f"/sessions/{session_id}?db_id={db_id}").status_code == 204
             assert httpx.get(f"{server.url}/sessions/{session_id}", timeout=30).status_code == 404
-        after = client.get("/sessions", params={"type": "agent", "component_id": "echo-agent", "db_id": db_id})
+        after = ui.call("GET", sessions)
         assert after.json()["meta"]["total_count"] == len(everywhere) - len(upstreams)
+    finally:
+        ui.close()
 
 
 async def test_one_db_id_per_entity_stable_across_gateway_processes(storage, log_dir: Path) -> None:
