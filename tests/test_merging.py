@@ -3,13 +3,13 @@ the cases the process tests cannot set up cheaply."""
 
 from __future__ import annotations
 
-from gateway.api.merging import LIST_SHAPES, PageRequest, group_query, merge_count, merge_pages, merge_rows, page_request
+from gateway.api.merging import LIST_SHAPES, MERGED_WRITES, PageRequest, group_query, merge_count, merge_daily, merge_pages, merge_rows, page_request
 from gateway.api.route_table import TABLE, Rule
 
 
 def test_every_merged_family_is_a_collection_read_of_the_route_table() -> None:
     for template in LIST_SHAPES:
-        matched = TABLE.match("GET", template)
+        matched = TABLE.match("POST" if template in MERGED_WRITES else "GET", template)
         assert matched is not None and matched.route is not None and matched.route.rule is Rule.COLLECTION, template
 
 
@@ -47,3 +47,30 @@ def test_rows_of_one_key_in_two_groups_become_one() -> None:
     ]
     assert page["meta"]["total_count"] == 2
     assert merge_count([{"count": 2}, {"count": 5}], "count") == {"count": 7}
+
+
+def _day(date: str, runs: int, tokens: int, model_count: int, updated: str) -> dict:
+    return {
+        "id": f"{date}_daily", "date": f"{date}T00:00:00Z", "agent_runs_count": runs, "users_count": 1,
+        "token_metrics": {"input_tokens": tokens, "total_tokens": tokens},
+        "model_metrics": [{"model_id": "m", "model_provider": "p", "count": model_count}],
+        "created_at": updated, "updated_at": updated,
+    }
+
+
+def test_usage_metrics_are_summed_by_day() -> None:
+    one = {"metrics": [_day("2026-11-30", 2, 10, 2, "2026-11-30T10:00:00Z")], "updated_at": "2026-11-30T10:00:00Z"}
+    two = {
+        "metrics": [_day("2026-11-29", 1, 5, 1, "2026-11-29T09:00:00Z"), _day("2026-11-30", 3, 7, 3, "2026-11-30T11:00:00Z")],
+        "updated_at": "2026-11-30T11:00:00Z",
+    }
+    merged = merge_daily([one, two])
+    assert merged["updated_at"] == "2026-11-30T11:00:00Z"
+    first, second = merged["metrics"]
+    assert first == _day("2026-11-29", 1, 5, 1, "2026-11-29T09:00:00Z")
+    assert (second["agent_runs_count"], second["users_count"]) == (5, 2)
+    assert second["token_metrics"] == {"input_tokens": 17, "total_tokens": 17}
+    assert second["model_metrics"] == [{"model_id": "m", "model_provider": "p", "count": 5}]
+    assert (second["created_at"], second["updated_at"]) == ("2026-11-30T10:00:00Z", "2026-11-30T11:00:00Z")
+    # a refresh answers the bare list: merged as a list
+    assert [row["agent_runs_count"] for row in merge_daily([one["metrics"], two["metrics"]])] == [1, 5]

@@ -48,7 +48,7 @@ def test_each_route_says_how_it_is_served() -> None:
     assert not_forwarded == []  # GET /metrics too is AgentOS's (the gateway's scrape is on its admin port)
     metrics = TABLE.match("GET", "/metrics")
     assert metrics is not None and metrics.route is not None
-    assert (metrics.route.rule, metrics.route.own_handler) == (Rule.OS_WIDE, False)
+    assert (metrics.route.rule, metrics.route.own_handler) == (Rule.COLLECTION, False)  # merged by day over the groups
     resume = TABLE.match("POST", "/teams/t/runs/r/resume")
     assert resume is not None and resume.route is not None
     assert (resume.route.rule, resume.route.limit, resume.route.starts_run) == (Rule.RUN, Limit.STARTS_RUN, False)

@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 @dataclass(frozen=True)
 class ListShape:
     # "page": paginated; "rows": paginated rows that each aggregate one key (a user's stats: the same
-    # user in two groups is one row, summed); "union": a JSON list, each value once; "count": {field: n}
+    # user in two groups is one row, summed); "union": a JSON list, each value once; "count": {field: n};
+    # "daily": usage metrics, one row per day (``{"metrics": [...]}`` or the bare list), summed by day
     kind: str
     sort_by: Optional[str] = None  # the family's default order
     sort_order: str = "desc"
@@ -59,7 +60,13 @@ LIST_SHAPES: Dict[str, ListShape] = {
     "/components": _page("created_at", sortable=False, max_limit=100),
     "/memory_topics": ListShape("union"),
     "/approvals/count": ListShape("count"),
+    "/metrics": ListShape("daily"),
+    "/metrics/refresh": ListShape("daily"),  # each group refreshed; its rows, as /metrics
 }
+
+
+# Writes that act on every group's data and answer with it merged, as a read: a usage-metrics refresh.
+MERGED_WRITES = frozenset({"/metrics/refresh"})
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,45 @@ def merge_count(answers: Sequence[Dict[str, Any]], field: str) -> Dict[str, Any]
     merged = dict(answers[0]) if answers else {}
     merged[field] = sum(_int(answer.get(field)) for answer in answers)
     return merged
+
+
+def merge_daily(answers: Sequence[Any]) -> Any:
+    """Usage metrics of several databases as one: rows of the same ``date`` become one, their
+    counts added (runs and sessions exactly, each stored in one group; ``users_count`` too, so a
+    user active in two groups counts twice), ``token_metrics`` added field by field,
+    ``model_metrics`` added by model; the earliest ``created_at``, the latest ``updated_at``.
+    ``GET /metrics`` answers ``{"metrics": [...], "updated_at"}``, a refresh the bare list."""
+    days: Dict[Any, Dict[str, Any]] = {}
+    for answer in answers:
+        for row in (answer.get("metrics") if isinstance(answer, dict) else answer) or []:
+            if isinstance(row, dict):
+                day = days.get(row.get("date"))
+                days[row.get("date")] = dict(row) if day is None else _add_day(day, row)
+    rows = sorted(days.values(), key=lambda row: str(row.get("date")))
+    if not any(isinstance(answer, dict) for answer in answers):
+        return rows
+    stamps = [answer.get("updated_at") for answer in answers if isinstance(answer, dict) and answer.get("updated_at")]
+    return {"metrics": rows, "updated_at": max(stamps, key=str) if stamps else None}
+
+
+def _add_day(day: Dict[str, Any], row: Dict[str, Any]) -> Dict[str, Any]:
+    for name, value in row.items():
+        if name.endswith("_count") and isinstance(value, int):
+            day[name] = _int(day.get(name)) + value
+        elif name == "token_metrics" and isinstance(value, dict) and isinstance(day.get(name), dict):
+            day[name] = {**day[name], **{k: _int(day[name].get(k)) + _int(v) for k, v in value.items()}}
+        elif name == "model_metrics" and isinstance(value, list) and isinstance(day.get(name), list):
+            models = {(m.get("model_id"), m.get("model_provider")): dict(m) for m in day[name] if isinstance(m, dict)}
+            for model in value:
+                if isinstance(model, dict):
+                    known = models.setdefault((model.get("model_id"), model.get("model_provider")), {**model, "count": 0})
+                    known["count"] = _int(known.get("count")) + _int(model.get("count"))
+            day[name] = list(models.values())
+        elif name == "created_at" and value is not None:
+            day[name] = min(day.get(name) or value, value, key=str)
+        elif name == "updated_at" and value is not None:
+            day[name] = max(day.get(name) or value, value, key=str)
+    return day
 
 
 def _int(value: Any) -> int:

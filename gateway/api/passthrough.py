@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.api.errors import error_response
 from gateway.api.forwarding import Forwarder, query, segment
 from gateway.api.limits import Limiter
+from gateway.api.merging import MERGED_WRITES
 from gateway.api.ownership import check_run_route
 from gateway.api.route_table import TABLE, Limit, Match, Route, RouteTable, Rule
 from gateway.api.storage import StorageRouter, named_value
@@ -127,7 +128,7 @@ class Passthrough:
             return await storage.lookup(
                 request, outgoing, db_id, key=params[route.parameters[0]], ids=tuple(params.values())
             )
-        if request.method == "GET":
+        if request.method == "GET" or route.template in MERGED_WRITES:
             return await storage.read(request, route.template, outgoing, db_id)
         user_id = named_value(pairs, outgoing.body, content_type, "user_id")
         return await storage.write(request, outgoing, db_id, user_id)

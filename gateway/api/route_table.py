@@ -18,8 +18,8 @@ The rules, by what decides the upstream:
   its ``db_id``, else of its ``user_id``), its bulk delete (every group): ``api/storage.py``.
 * ``ITEM``: one stored object: each database group in turn until one does not answer 404; a
   delete to every group.
-* ``OS_WIDE``: what describes the AgentOS itself (``/info``, ``/registry``, ``/knowledge/config``,
-  the usage ``/metrics``): any usable upstream (``/config`` and the listings are merged by their
+* ``OS_WIDE``: what describes the AgentOS itself (``/info``, ``/registry``, ``/knowledge/config``):
+  any usable upstream (``/config`` and the listings are merged by their
   own handlers).
 * ``LOCAL``: the gateway answers itself (``/health``).
 * ``NOT_FORWARDED``: never sent to an upstream; ``reason`` says why.
@@ -219,8 +219,8 @@ ROUTES: Tuple[Route, ...] = (
     _routes("POST", "/optimize-memories", C),
     _routes("GET", "/user_memory_stats", C),
     # usage metrics (the gateway's own Prometheus scrape is on its admin port: api/admin_listener.py)
-    _routes("GET", "/metrics", W),
-    _routes("POST", "/metrics/refresh", W),
+    _routes("GET", "/metrics", C),  # merged by day over the database groups
+    _routes("POST", "/metrics/refresh", C),  # every group refreshed, the rows merged
     _routes("GET", "/metrics/refresh/status", W),
     _routes("GET PUT POST DELETE PATCH", "/queue", W),
     _routes("GET", "/registry", W),

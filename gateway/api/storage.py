@@ -30,7 +30,8 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api.forwarding import UPSTREAM_HEADER, Fetched, Forwarder, segment
 from gateway.api.merging import (
-    LIST_SHAPES, ListShape, PageRequest, group_query, merge_count, merge_pages, merge_rows, merge_union, page_request,
+    LIST_SHAPES, ListShape, PageRequest, group_query, merge_count, merge_daily, merge_pages, merge_rows, merge_union,
+    page_request,
 )  # fmt: skip
 from gateway.api.database_ids import DatabaseIds, database_ids, with_db_id
 from gateway.balancing import Choice, StorageGroup, group_of_db, rank
@@ -110,7 +111,8 @@ class StorageRouter:
         return await self.forwarder.forward(request, self.choice(group), outgoing, with_affinity=False)
 
     async def read(self, request: Request, template: str, outgoing: Outgoing, db_id: Optional[str]) -> Response:
-        """A collection read: one group's answer, or every group's merged."""
+        """A collection read (or a usage-metrics refresh, every group's): one group's answer, or
+        every group's merged."""
         groups = self.targets(db_id)
         shape = LIST_SHAPES.get(template)
         if len(groups) < 2 or shape is None:
@@ -132,7 +134,10 @@ class StorageRouter:
             each = wanted.wanted if shape.kind == "page" else cap  # rows: all (a key may be in several)
         seen: List[str] = []  # the upstreams that answered, for the answer's header
         work = asyncio.gather(
-            *(self._group_list(request, group, path, self._group_pairs(pairs, group, db_id), shape, each, seen) for group in groups)
+            *(
+                self._group_list(request, group, path, self._group_pairs(pairs, group, db_id), shape, each, seen, outgoing.method)
+                for group in groups
+            )
         )
         results = await until_disconnected(request, work)
         failed = next((result for result in results if isinstance(result, Fetched)), None)
@@ -148,6 +153,8 @@ class StorageRouter:
             merged = merge_rows(results, wanted, shape)
         elif shape.kind == "union":
             merged = merge_union(results)
+        elif shape.kind == "daily":
+            merged = merge_daily(results)
         else:
             merged = merge_count(results, shape.count_field)
         headers = {}
@@ -157,15 +164,15 @@ class StorageRouter:
 
     async def _group_list(
         self, request: Request, group: StorageGroup, path: str, pairs: List[Tuple[str, str]], shape: ListShape,
-        each: int, seen: List[str],
+        each: int, seen: List[str], method: str = "GET",
     ) -> Any:  # fmt: skip
         """One group's first ``each`` items (several requests when the family caps its ``limit``
         lower), its parsed answer (its whole answer for ``each`` 0); or its answer as it came when
         that is not a 200."""
         budget = self.forwarder.settings.storage.merge_max_bytes
         if not each:
-            fetched = await self._fetch(request, group, path, pairs, budget, seen)
-            return _parsed(fetched, list if shape.kind == "union" else dict)
+            fetched = await self._fetch(request, group, path, pairs, budget, seen, method)
+            return _parsed(fetched, list if shape.kind == "union" else (dict, list) if shape.kind == "daily" else dict)
         chunk = min(each, shape.max_limit or each)
         items: List[Any] = []
         first: Optional[Dict[str, Any]] = None
@@ -185,9 +192,9 @@ class StorageRouter:
 
     async def _fetch(
         self, request: Request, group: StorageGroup, path: str, pairs: List[Tuple[str, str]], budget: int,
-        seen: List[str],
+        seen: List[str], method: str = "GET",
     ) -> Fetched:  # fmt: skip
-        outgoing = Outgoing("GET", path + ("?" + urlencode(pairs) if pairs else ""))
+        outgoing = Outgoing(method, path + ("?" + urlencode(pairs) if pairs else ""))
         fetched = await self.forwarder.fetch(request, self.choice(group), outgoing, max_bytes=max(budget, 1))
         seen.append(fetched.upstream)
         return fetched
@@ -290,7 +297,7 @@ def _pairs(raw_query: str) -> List[Tuple[str, str]]:
     return parse_qsl(raw_query, keep_blank_values=True)
 
 
-def _parsed(fetched: Fetched, expected: type) -> Any:
+def _parsed(fetched: Fetched, expected: Any) -> Any:
     """A group's 200 answer as JSON of the ``expected`` type; anything else as it came."""
     if fetched.status != 200:
         return fetched
