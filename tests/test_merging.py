@@ -74,3 +74,15 @@ def test_usage_metrics_are_summed_by_day() -> None:
     assert (second["created_at"], second["updated_at"]) == ("2026-11-30T10:00:00Z", "2026-11-30T11:00:00Z")
     # a refresh answers the bare list: merged as a list
     assert [row["agent_runs_count"] for row in merge_daily([one["metrics"], two["metrics"]])] == [1, 5]
+
+
+def test_a_user_with_learnings_in_two_groups_is_one_row_the_latest() -> None:
+    shape = LIST_SHAPES["/learnings/users"]
+    request = page_request(shape, [])
+    assert request is not None
+    one = {"data": [{"user_id": "u", "last_learning_updated_at": 5}, {"user_id": "v", "last_learning_updated_at": 3}],
+           "meta": {"page": 1, "limit": 20, "total_count": 2, "total_pages": 1}}  # fmt: skip
+    two = {"data": [{"user_id": "u", "last_learning_updated_at": 9}], "meta": {"page": 1, "limit": 20, "total_count": 1, "total_pages": 1}}
+    merged = merge_rows([one, two], request, shape)
+    assert merged["data"] == [{"user_id": "u", "last_learning_updated_at": 9}, {"user_id": "v", "last_learning_updated_at": 3}]
+    assert merged["meta"]["total_count"] == 2

@@ -47,7 +47,8 @@ LIST_SHAPES: Dict[str, ListShape] = {
     "/eval-runs": _page("created_at"),
     "/knowledge/content": _page("created_at"),
     "/learnings": _page("updated_at", default_limit=100, max_limit=1000),
-    "/learnings/users": _page("last_learning_updated_at", max_limit=1000),
+    # one row per user: a user with learnings in two groups is one row, the latest
+    "/learnings/users": ListShape("rows", "last_learning_updated_at", max_limit=1000, key="user_id"),
     "/service-accounts": _page("created_at", max_limit=100),
     # fixed orders (no sort parameters): the stores' own
     "/traces": _page("start_time", sortable=False),
