@@ -45,6 +45,9 @@ def gateway_config(
         ],
         "health": FAST_HEALTH,
         "admin_key": ADMIN_KEY,
+        # No load balancer watches /ready here: a stop need not wait for one (the drain delay's
+        # own test sets it).
+        "shutdown": {"drain_delay_s": 0},
     }
     for key, value in settings.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
