@@ -41,14 +41,14 @@ import json
 import logging
 from typing import Any, Dict, Optional, Sequence
 
-import aiohttp
 from starlette.requests import Request
-from yarl import URL
 
 from gateway.api.forwarding import Forwarder, segment
 from gateway.api.route_table import RUNNABLE_KINDS, Route
-from gateway.errors import NotFound
+from gateway.balancing import Affinity, Choice
+from gateway.errors import NotFound, UpstreamFailure
 from gateway.pool import Upstream
+from gateway.sender import Outgoing
 from gateway.wire.kinds import EntityKind
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ async def check_run(
     try:
         if not session_id:
             raise _Unknown(failed=False)
-        run = await _read_back(forwarder, upstreams, session_id, f"/sessions/{segment(session_id)}/runs/{segment(run_id)}")
+        run = await _read_back(forwarder, request, upstreams, session_id, f"/sessions/{segment(session_id)}/runs/{segment(run_id)}")
     except _Unknown as unknown:
         if reaches_every_entity(request):
             return True
@@ -118,7 +118,7 @@ async def check_session(
 ) -> None:
     """A fork or compact names a session of the path's entity; ``NotFound`` otherwise."""
     try:
-        session = await _read_back(forwarder, upstreams, session_id, f"/sessions/{segment(session_id)}")
+        session = await _read_back(forwarder, request, upstreams, session_id, f"/sessions/{segment(session_id)}")
     except _Unknown as unknown:
         if reaches_every_entity(request):
             return
@@ -143,46 +143,40 @@ def _require(belongs: bool, detail: str) -> None:
         raise NotFound(detail)
 
 
-async def _read_back(forwarder: Forwarder, upstreams: Sequence[Upstream], session_id: str, path: str) -> Dict[str, Any]:
+async def _read_back(
+    forwarder: Forwarder, request: Request, upstreams: Sequence[Upstream], session_id: str, path: str
+) -> Dict[str, Any]:
     """The JSON object the first of ``upstreams`` (in the session's order) that has ``path``
     answers; ``_Unknown`` when none has it."""
     order = forwarder.choose(upstreams, session_id).order
     failed = not order  # nothing usable to ask
     for name in order:
-        answer = await _get(forwarder.pool.upstreams[name], path)
+        answer = await _get(forwarder, request, name, path)
         if isinstance(answer, dict):
             return answer
         failed = failed or answer is None
     raise _Unknown(failed)
 
 
-async def _get(upstream: Upstream, path: str) -> Optional[object]:
-    """``GET path`` on one upstream: its JSON on a 200, False on a 404, None when it failed."""
+async def _get(forwarder: Forwarder, request: Request, upstream: str, path: str) -> Optional[object]:
+    """``GET path`` on one upstream, through the forwarder's bounded fetch: its JSON object on a
+    200, False on a 404, None when it failed (reported, never raised)."""
     try:
         async with asyncio.timeout(READ_BACK_TIMEOUT_S):
-            url = URL(upstream.base_url + path, encoded=True)
-            async with upstream.client().get(url, headers=upstream.auth_headers) as answer:
-                if answer.status == 404:
-                    return False
-                body = await _bounded_body(answer) if answer.status == 200 else None
-                if body is None:
-                    logger.warning("read-back %s on upstream %s: status %d, or over %d bytes",
-                                   path, upstream.name, answer.status, READ_BACK_MAX_BYTES)
-                    return None
-                value = json.loads(body)
-                return value if isinstance(value, dict) else None
-    # Reported, never raised (RuntimeError: the upstream was removed meanwhile).
-    except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError) as error:
-        logger.warning("read-back %s on upstream %s failed: %s", path, upstream.name, error)
+            fetched = await forwarder.fetch(
+                request, Choice([upstream], Affinity.HIT), Outgoing("GET", path), max_bytes=READ_BACK_MAX_BYTES
+            )
+    # KeyError, RuntimeError: the upstream was removed (its session closed) meanwhile.
+    except (TimeoutError, UpstreamFailure, KeyError, RuntimeError) as error:
+        logger.warning("read-back %s on upstream %s failed: %s", path, upstream, error)
         return None
-
-
-async def _bounded_body(answer: aiohttp.ClientResponse) -> Optional[bytes]:
-    """The whole body, or None past ``READ_BACK_MAX_BYTES``."""
-    chunks, size = [], 0
-    async for chunk in answer.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > READ_BACK_MAX_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if fetched.status == 404:
+        return False
+    try:
+        value = json.loads(fetched.body) if fetched.status == 200 else None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        logger.warning("read-back %s on upstream %s: status %d, not a JSON object", path, upstream, fetched.status)
+        return None
+    return value
