@@ -20,7 +20,7 @@ $(BIN)/python:
 # Reinstall only when the project's dependencies changed.
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,postgres]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,postgres,doors]"
 	touch $@
 
 # docker-compose, promtool and PostgreSQL from Debian's packages, each only when missing. When one
@@ -30,7 +30,7 @@ deploy-tools:
 
 # The optional `load` extra (locust), only for the load targets.
 $(LOAD_INSTALLED): $(INSTALLED)
-	$(BIN)/python -m pip install --quiet -e ".[dev,postgres,load]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,postgres,doors,load]"
 	touch $@
 
 demo: $(INSTALLED)

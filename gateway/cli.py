@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any, List, NoReturn, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 # Before agno is imported anywhere: runs would otherwise post telemetry to the network.
 os.environ.setdefault("AGNO_TELEMETRY", "false")
@@ -240,14 +240,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_upstream_app(name: str, db_url: Optional[str]) -> Any:
-    """A real AgentOS serving the demo components, answering as instance ``name``."""
+def build_upstream_app(name: str, db_url: Optional[str], doors: str = "none") -> Any:
+    """A real AgentOS serving the demo components, answering as instance ``name``; with
+    ``doors`` ``all`` (or ``stateless-mcp``) also its other doors: AG-UI for the agent, A2A, MCP
+    (stateful, or stateless) and the workflow WebSocket (always there). They need the project's
+    ``doors`` extra (agno's ``agui`` and ``a2a`` extras, fastmcp)."""
     from agno.os import AgentOS
 
     from gateway.demo import build_demo, open_db
 
     db = open_db(db_url)
     demo = build_demo(instance=name, db=db)
+    door_options: Dict[str, Any] = {}
+    if doors != "none":
+        from agno.os.config import MCPConfig
+        from agno.os.interfaces.agui import AGUI
+
+        door_options = {
+            "interfaces": [AGUI(agent=demo.agent)],
+            "a2a_interface": True,
+            "mcp": MCPConfig(stateless=True, default_tools=True) if doors == "stateless-mcp" else True,
+        }
     agent_os = AgentOS(
         id=name,
         name=name,
@@ -258,15 +271,18 @@ def build_upstream_app(name: str, db_url: Optional[str]) -> Any:
         teams=[demo.team],
         workflows=[demo.workflow],
         telemetry=False,
+        **door_options,
     )
     return agent_os.get_app()
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
     try:
-        app = build_upstream_app(args.name, args.db)
+        app = build_upstream_app(args.name, args.db, args.doors)
     except ValueError as error:
         return _fail_config(error)
+    except ImportError as error:
+        return _fail_config(ImportError(f"--doors {args.doors} needs the doors extra (pip install 'agentos-gateway[doors]'): {error}"))
     _serve_app(app, host=args.host, port=args.port, fd=args.fd)
     return 0
 
@@ -500,6 +516,10 @@ def parser() -> argparse.ArgumentParser:
     upstream.add_argument("--db", help="sqlite:///FILE or postgresql://... (default: in memory)")
     upstream.add_argument("--host", default="127.0.0.1")
     upstream.add_argument("--fd", type=int, help="serve on this inherited listening socket")
+    upstream.add_argument(
+        "--doors", choices=("none", "all", "stateless-mcp"), default="none",
+        help="also serve AG-UI, A2A and MCP (stateless-mcp: MCP without sessions); the WebSocket is always there",
+    )  # fmt: skip
     upstream.set_defaults(handler=cmd_upstream)
 
     demo = commands.add_parser(

@@ -41,6 +41,7 @@ from gateway.balancing import (
     may_eject,
 )
 from gateway.balancing.storage import StorageGroup, StorageMode, storage_groups
+from gateway.doors.membership import Door, ServedDoor, doors_of
 from gateway.settings import Settings, UpstreamConfig
 from gateway.wire.kinds import EntityKind
 
@@ -65,6 +66,7 @@ class Upstream:
     health: UpstreamHealth
     members: Dict[EntityKind, FrozenSet[str]] = field(default_factory=dict)
     catalog: Optional[Dict[str, Any]] = None  # its last GET /config answer
+    doors: FrozenSet[ServedDoor] = frozenset()  # AG-UI, A2A, MCP, WebSocket: from /config and /info
     instantiated_at: Optional[str] = None  # from GET /health: a change means it restarted
     in_flight: int = 0
     probes: int = 0  # probes done, for /admin/upstreams
@@ -447,6 +449,10 @@ class Pool:
         if not isinstance(catalog, dict):
             logger.warning("upstream %s: GET /config is not an object, keeping its last membership", upstream.name)
             return
+        doors = doors_of(catalog, await self._info(upstream, timeout))
+        if doors != upstream.doors:
+            logger.info("upstream %s serves the doors %s", upstream.name, sorted(f"{d.value} {p or '/'}" for d, p in doors))
+            upstream.doors = doors
         if upstream.in_process:
             upstream.catalog = catalog
             return
@@ -460,11 +466,32 @@ class Pool:
         upstream.members = members
         upstream.catalog = catalog
 
+    async def _info(self, upstream: Upstream, timeout: aiohttp.ClientTimeout) -> Optional[Dict[str, Any]]:
+        """Its ``GET /info`` (where its MCP server is), None when it does not answer one."""
+        try:
+            async with upstream.client().get(
+                f"{upstream.base_url}/info", headers=upstream.auth_headers, timeout=timeout
+            ) as response:
+                if response.status != 200:
+                    return None
+                info = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
     # -- what the balancing core is given ----------------------------------------------------------
 
     def serving(self, kind: EntityKind, entity_id: str) -> List[Upstream]:
         """Every upstream that lists the id, usable or not."""
         return [upstream for upstream in self.upstreams.values() if upstream.serves(kind, entity_id)]
+
+    def serving_door(self, door: Door, prefix: str) -> List[Upstream]:
+        """Every upstream that serves ``door`` at ``prefix``, usable or not."""
+        return [upstream for upstream in self.upstreams.values() if (door, prefix) in upstream.doors]
+
+    def served_doors(self) -> FrozenSet[ServedDoor]:
+        """Every door some upstream serves."""
+        return frozenset().union(*(upstream.doors for upstream in self.upstreams.values()))
 
     def candidates(self, upstreams: Iterable[Upstream]) -> List[Candidate]:
         now = self.clock()

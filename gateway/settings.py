@@ -243,6 +243,23 @@ class StorageSettings(Strict):
     )
 
 
+class DoorSettings(Strict):
+    """AgentOS's other doors (AG-UI, A2A, MCP, the workflow WebSocket): ``gateway/doors/``."""
+
+    public_url: Optional[str] = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="the gateway's URL as clients reach it, written into A2A agent cards (default: the request's own)",
+    )
+    mcp_session_ttl_s: float = Field(
+        3600.0, gt=0, description="an MCP session unused this long is forgotten (its next request is read back)"
+    )
+    mcp_max_sessions: int = Field(100_000, ge=1, description="MCP sessions remembered; the oldest go first")
+    websocket_max_message_bytes: int = Field(
+        1024 * 1024, ge=1024, description="a larger WebSocket message closes the connection with 1009"
+    )
+
+
 class ShutdownSettings(Strict):
     drain_delay_s: float = Field(
         2.0, ge=0, description="after SIGTERM, /ready answers 503 this long before the listener closes"
@@ -299,6 +316,7 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(True, description="one JSON line per request on stdout")
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    doors: DoorSettings = Field(default_factory=DoorSettings)
     admin_key: Optional[str] = Field(
         None, min_length=16, repr=False, description="Bearer key of /admin; unset: the admin API is off"
     )

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
@@ -193,12 +193,16 @@ class Forwarder:
         *,
         run: Optional[RunInfo] = None,
         with_affinity: bool = True,
+        stream_error: Optional[Callable[[str], bytes]] = None,
+        failure_answer: Optional[Callable[[UpstreamFailure], Response]] = None,
     ) -> Response:
         """Send ``outgoing`` to the first upstream of ``choice`` that takes it; pass the answer on.
 
         A client that leaves before the answer closes the upstream request, and a run it started
         is cancelled on that upstream explicitly too (AgentOS does not notice a non-stream
-        client leaving), unless it is a background run."""
+        client leaving), unless it is a background run. A stream cut short ends with the run's error
+        event, else with ``stream_error``'s frame (a door's protocol), else a generic one; a door
+        answers an upstream's failure in its protocol with ``failure_answer``."""
         if not choice.order:
             return error_response(self.unavailable())
         started_at = asyncio.get_running_loop().time()
@@ -211,7 +215,7 @@ class Forwarder:
             return error_response(ClientGone())
         except UpstreamFailure as failure:
             flight.finish()  # its outcome was recorded when it happened
-            return error_response(failure)
+            return failure_answer(failure) if failure_answer is not None else error_response(failure)
         except BaseException:
             flight.finish()
             raise
@@ -223,7 +227,7 @@ class Forwarder:
             self.run_owners.remember(run.run_id, opened.upstream.name, run.kind, run.entity_id, key)
         headers = self.answer_headers(opened, choice.affinity if with_affinity else None)
         if answer is None:
-            error_frame = run.error_frame if run is not None else generic_error_frame
+            error_frame = run.error_frame if run is not None else stream_error or generic_error_frame
             return StreamRelay(
                 opened, headers, error_frame=error_frame, settings=self.settings, started_at=started_at,
                 run_labels=run.labels if run is not None else None,

@@ -29,6 +29,8 @@ from gateway.api.route_table import TABLE, Limit, Match, Route, RouteTable, Rule
 from gateway.api.storage import StorageRouter, named_value
 from gateway.api.runs import resolve
 from gateway.api.sessions import session_route
+from gateway.doors.handlers import HANDLERS
+from gateway.doors.http import Doors
 from gateway.errors import GatewayError, NotFound
 from gateway.local import LocalEntity
 from gateway.pool import Upstream
@@ -45,7 +47,7 @@ _KINDS = {"agent": EntityKind.AGENT, "team": EntityKind.TEAM, "workflow": Entity
 class Passthrough:
     def __init__(
         self, fallback: ASGIApp, directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter,
-        storage: Optional[StorageRouter] = None, table: RouteTable = TABLE,
+        storage: Optional[StorageRouter] = None, table: RouteTable = TABLE, doors: Optional[Doors] = None,
     ) -> None:  # fmt: skip
         self.fallback = fallback  # the router's own default, for what is no HTTP request
         self.directory = directory
@@ -53,6 +55,7 @@ class Passthrough:
         self.limiter = limiter
         self.storage = storage if storage is not None or forwarder is None else StorageRouter(forwarder)
         self.table = table
+        self.doors = doors if doors is not None or forwarder is None else Doors(forwarder, HANDLERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +69,13 @@ class Passthrough:
         await response(scope, receive, send)
 
     async def answer(self, request: Request) -> Response:
-        matched = self.table.match(request.method, request.scope["path"])
+        path = request.scope["path"]
+        matched = self.table.match(request.method, path)
+        door = None
+        if self.doors is not None and (matched is None or matched.route is None or matched.route.rule is Rule.DOOR):
+            door = self.doors.door_path(path)
+            if door is not None and door.canonical != path:  # a door under another prefix than agno's default
+                matched = self.table.match(request.method, door.canonical)
         if matched is None:
             raise NotFound(NOT_FOUND)
         if matched.route is None:
@@ -76,6 +85,12 @@ class Passthrough:
         request.scope["route"] = route  # its template labels the metrics and the log line
         if self.forwarder is None or route.own_handler or route.rule in (Rule.LOCAL, Rule.NOT_FORWARDED):
             raise NotFound(NOT_FOUND)
+        if route.rule is Rule.DOOR:  # AG-UI, A2A, MCP: gateway/doors/
+            doors = self.doors
+            assert doors is not None
+            if route.limit is Limit.OTHER:
+                return await doors.answer(request, matched, door)
+            return await self.limiter.run(await _streams(request, route), lambda: doors.answer(request, matched, door))
         if route.limit is Limit.OTHER:
             return await self._forward(request, self.forwarder, matched)
         stream = await _streams(request, route)
@@ -155,11 +170,16 @@ async def _form_field(request: Request, name: str) -> Optional[str]:
     return None
 
 
+_DOOR_STREAMS = frozenset({"/agui", *(f"/a2a/{kind}/{{{kind[:-1]}_id}}/v1/message:stream" for kind in ("agents", "teams", "workflows"))})
+
+
 async def _streams(request: Request, route: Route) -> bool:
     """Whether a route that runs answers with a stream: resume always does; a run or continue
     when its ``stream`` form field says so (AgentOS's default: yes); a JSON body never."""
-    if route.template.endswith("/resume"):
+    if route.template.endswith("/resume") or route.template in _DOOR_STREAMS:
         return True
+    if route.rule is Rule.DOOR:
+        return request.method == "GET"  # MCP's server stream
     media_type = wire_form.media_type(request.headers.get("content-type", ""))
     if media_type == wire_form.URLENCODED:
         value = wire_form.last_values(await request.body(), frozenset({"stream"})).get("stream")

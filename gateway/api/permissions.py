@@ -66,7 +66,7 @@ class Grants:
         self.visible: Dict[str, Optional[FrozenSet[str]]] = {family: None for family in PER_ID_FAMILIES}
         if self.admin:
             return
-        mappings = get_default_scope_mappings()
+        mappings = {**get_default_scope_mappings(), **door_scope_mappings()}
         named = _named_ids(scopes)
         for route in TABLE.routes:
             family = _family(route)
@@ -125,9 +125,25 @@ def visible_only(state: Any, family: str, items: List[Dict[str, Any]]) -> List[D
     return [item for item in items if item.get("id") in allowed]
 
 
+_FAMILIES = {"agent": "agents", "team": "teams", "workflow": "workflows"}
+
+
 def _family(route: Route) -> Optional[str]:
     """The kind segment (``agents``) of a route of an agent, team or workflow, else None."""
-    return route.template.split("/")[1] if route.runnable_entity else None
+    return _FAMILIES[route.entity.kind] if route.runnable_entity and route.entity is not None else None
+
+
+def door_scope_mappings() -> Dict[str, List[str]]:
+    """The scopes AgentOS's interfaces ask for their routes (their own ``get_scope_mappings``) at
+    agno's default prefixes, where the route table declares the doors. AG-UI's is the agent
+    family's (an AG-UI door serving a team asks ``teams:run`` on AgentOS; the gateway cannot
+    see which entity a door serves). MCP's transport is gated per tool (``doors/mcp.py``)."""
+    mappings = {"POST /agui": ["agents:run"]}
+    try:
+        from agno.os.interfaces.a2a.scopes import get_a2a_scope_mappings
+    except ImportError:  # pragma: no cover - agno without its A2A interface module
+        return mappings
+    return {**mappings, **get_a2a_scope_mappings("/a2a")}
 
 
 def _named_ids(scopes: Sequence[str]) -> Dict[str, FrozenSet[str]]:
@@ -162,7 +178,7 @@ def _agno_allows(scopes: Sequence[str], mappings: Mapping[str, List[str]], route
     """AgentOS's verdict on a JWT with ``scopes`` for ``method`` on the route (its entity: ``entity_id``)."""
     from agno.os.authz.provider import AuthorizationContext
     from agno.os.authz.scope_provider import ScopeAuthorizationProvider
-    from agno.os.scopes import check_route_scopes
+    from agno.os.scopes import check_route_scopes, get_required_scopes_for_route
 
     path = _sample_path(route, entity_id)
     checked = check_route_scopes(list(scopes), dict(mappings), method, path, admin_scope=ADMIN_SCOPE)
@@ -173,8 +189,13 @@ def _agno_allows(scopes: Sequence[str], mappings: Mapping[str, List[str]], route
     family = _family(route)
     if family is None:
         return True
-    # The routers' require_resource_access: read the entity itself, run for everything under it.
-    action = "read" if route.template == f"/{family}/{{{route.parameters[0]}}}" and method == "GET" else "run"
+    # The routers' require_resource_access: read the entity itself, run for everything under it;
+    # a door's route: what its mapping asks (an A2A card or task is read, a message runs).
+    if route.door:
+        needed = get_required_scopes_for_route(dict(mappings), method, path)
+        action = "read" if needed and all(scope.endswith(":read") for scope in needed) else "run"
+    else:
+        action = "read" if route.template == f"/{family}/{{{route.parameters[0]}}}" and method == "GET" else "run"
     context = AuthorizationContext(
         scopes=list(scopes), resource_type=family, resource_id=entity_id, action=action, admin_scope=ADMIN_SCOPE
     )

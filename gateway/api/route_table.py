@@ -21,6 +21,10 @@ The rules, by what decides the upstream:
 * ``OS_WIDE``: what describes the AgentOS itself (``/info``, ``/registry``, ``/knowledge/config``):
   any usable upstream (``/config`` and the listings are merged by their
   own handlers).
+* ``DOOR``: AgentOS's other doors (AG-UI, A2A, MCP), each by its protocol's conversation key,
+  to the upstreams that serve the door (``gateway/doors/``); declared here at agno's default
+  prefixes (``doors/membership.py`` maps another prefix onto them). The workflow WebSocket is no
+  HTTP route: ``doors/websocket.py`` answers it.
 * ``LOCAL``: the gateway answers itself (``/health``).
 * ``NOT_FORWARDED``: never sent to an upstream; ``reason`` says why.
 
@@ -49,6 +53,7 @@ class Rule(enum.Enum):
     COLLECTION = "collection"
     ITEM = "item"
     OS_WIDE = "os_wide"
+    DOOR = "door"
     LOCAL = "local"
     NOT_FORWARDED = "not_forwarded"
 
@@ -96,6 +101,7 @@ class Route:
     starts_run: bool = False
     own_handler: bool = False  # answered by a dedicated handler of api/ (runs, sessions, catalog, app)
     reason: str = ""  # why a NOT_FORWARDED route is not
+    door: str = ""  # a DOOR route's door (``doors.membership.Door`` value)
     parameters: Tuple[str, ...] = field(init=False)
     entity: Optional[Entity] = field(init=False)
 
@@ -106,6 +112,8 @@ class Route:
         object.__setattr__(self, "entity", Entity(kind, names[0]) if kind else None)
         if (self.rule is Rule.NOT_FORWARDED) != bool(self.reason):
             raise ValueError(f"{self.template}: a reason is given exactly for a NOT_FORWARDED route")
+        if (self.rule is Rule.DOOR) != bool(self.door):
+            raise ValueError(f"{self.template}: a door is named exactly for a DOOR route")
 
     @property
     def path_format(self) -> str:
@@ -151,6 +159,30 @@ def _runnable(kind: str, param: str) -> List[Route]:
         ]
     if kind == "agents":
         routes.append(_routes("POST", f"{base}/sessions/{{session_id}}/compact", S))
+    return routes
+
+
+def _doors() -> List[Route]:
+    """AG-UI, A2A and MCP at agno's default prefixes (``gateway/doors/``)."""
+    door = Rule.DOOR
+    routes = [
+        _routes("POST", "/agui", door, door="agui", **RUNS),  # always a stream
+        _routes("GET", "/status", door, door="agui"),
+        # GET: the server's stream; POST: a JSON-RPC message (a tools/call runs); DELETE: the session's end
+        _routes("GET POST DELETE", "/mcp", door, door="mcp", limit=Limit.HOLDS_STREAM),
+    ]
+    for kind, param in (("agents", "agent_id"), ("teams", "team_id"), ("workflows", "workflow_id")):
+        base = f"/a2a/{kind}/{{{param}}}"
+        routes += [
+            _routes("GET", f"{base}/.well-known/agent-card.json", door, door="a2a"),
+            _routes("POST", f"{base}/v1/message:send", door, door="a2a", **RUNS),
+            _routes("POST", f"{base}/v1/message:stream", door, door="a2a", **RUNS),
+        ]
+        if kind != "workflows":
+            routes += [
+                _routes("POST", f"{base}/v1/tasks:get", door, door="a2a"),
+                _routes("POST", f"{base}/v1/tasks:cancel", door, door="a2a"),
+            ]
     return routes
 
 
@@ -241,6 +273,7 @@ ROUTES: Tuple[Route, ...] = (
     _routes("GET", "/traces/filter-schema", W),
     _routes("POST", "/traces/search", C),
     _routes("GET", "/traces/{trace_id}", I),
+    *_doors(),
 )
 
 

@@ -37,6 +37,13 @@ class DemoStartError(RuntimeError):
     """The demo's pool could not start; the message says which upstream and why."""
 
 
+def doors_installed() -> bool:
+    """Whether the ``doors`` extra is there (agno's AG-UI and A2A dependencies, fastmcp)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(module) is not None for module in ("ag_ui", "a2a", "fastmcp"))
+
+
 def upstream_names(count: int) -> List[str]:
     """``os-a``, ``os-b``, ...: one per upstream."""
     if not 0 <= count <= MAX_UPSTREAMS:
@@ -109,7 +116,8 @@ class UpstreamProcesses:
         self.stop()
 
     def start(self, name: str, host: str, port: int) -> UpstreamProcess:
-        """``agentos-gateway upstream --name NAME`` with in-memory sessions, on a socket bound here."""
+        """``agentos-gateway upstream --name NAME`` with in-memory sessions, on a socket bound
+        here; with all its doors (AG-UI, A2A, MCP) when the ``doors`` extra is installed."""
         try:
             sock = listening_socket(host, port)
         except OSError as error:
@@ -119,7 +127,8 @@ class UpstreamProcesses:
             env = {**os.environ, "AGNO_TELEMETRY": "false"}
             env.setdefault("GATEWAY_LOG_LEVEL", "warning")  # three servers' access logs would drown the lines
             process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "upstream", "--name", name, "--fd", str(sock.fileno())],
+                [sys.executable, "-m", "gateway.cli", "upstream", "--name", name, "--fd", str(sock.fileno()),
+                 "--doors", "all" if doors_installed() else "none"],
                 pass_fds=[sock.fileno()],
                 stdout=subprocess.DEVNULL,
                 env=env,
