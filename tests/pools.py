@@ -20,13 +20,15 @@ _INSTANCE = re.compile(r"\[instance=(?P<name>\S+) history=(?P<history>\d+)\]")
 
 
 def start_upstreams(
-    names: Sequence[str], log_dir: Path, *, db_dir: Optional[Path] = None, shared_db: Optional[Path] = None
+    names: Sequence[str], log_dir: Path, *, db_dir: Optional[Path] = None, shared_db: Optional[Path] = None,
+    doors: str = "none",
 ) -> List[Server]:
     """Upstreams with in-memory storage; each with its own SQLite file in ``db_dir``; or all with
-    the one SQLite file ``shared_db`` (the deployment where every upstream sees every session)."""
+    the one SQLite file ``shared_db`` (the deployment where every upstream sees every session).
+    ``doors``: ``all`` (AG-UI, A2A, MCP besides the WebSocket) or ``stateless-mcp``."""
     servers = []
     for name in names:
-        args = ["upstream", "--name", name]
+        args = ["upstream", "--name", name, "--doors", doors]
         if shared_db is not None:
             args += ["--db", f"sqlite:///{shared_db}"]
         elif db_dir is not None:
