@@ -192,6 +192,17 @@ async def test_a2a_json_rpc_and_bad_bodies(pool) -> None:
         assert team_refused.status_code == 403
 
 
+async def test_metrics_and_access_lines_name_the_interface(pool) -> None:
+    gateway, _ = pool
+    async with httpx.AsyncClient(timeout=30) as client:
+        scrape = (await client.get(f"{gateway.admin_url}/metrics")).text
+    for kind, route in (("agui", "/agui"), ("a2a", "/a2a/agents/{agent_id}/v1/message:send")):
+        assert f'agentos_gateway_requests_total{{code="200",entity="unknown",kind="{kind}",route="{route}"}}' in scrape, kind
+    lines = [json.loads(line) for line in gateway.log().splitlines() if line.startswith('{"request_id"')]
+    assert {"agui", "a2a"} <= {line["kind"] for line in lines}
+    assert any(line["kind"] == "agui" and line["upstream"] in NAMES and line["status"] == 200 for line in lines)
+
+
 # -- an upstream dies mid-conversation: the protocol's own error, never a hang (last: they kill) --------
 
 
