@@ -242,6 +242,14 @@ async def test_a_wrong_key_in_the_upgrade_is_refused_before_the_handshake(pool) 
     assert response.status_code == 401 and json.loads(response.body) == {"detail": "Invalid authentication token"}
 
 
+async def test_the_admin_listener_serves_no_websocket(pool) -> None:
+    gateway, _ = pool
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(gateway.admin_url.replace("http://", "ws://") + "/workflows/ws", open_timeout=WAIT_S):
+            pass
+    assert refused.value.response.status_code == 403
+
+
 async def test_a_binary_message_closes_with_1003(pool) -> None:
     gateway, _ = pool
     async with _open(gateway) as ws:

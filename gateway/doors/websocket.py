@@ -35,7 +35,9 @@ stops reading the upstream past its buffer), so nothing queues without bound. Cl
 either side closing closes the other. A binary message from the client closes with 1003, a message
 over ``doors.websocket_max_message_bytes`` with 1009 (uvicorn's own limit is set from it too), an
 upstream that drops the connection with 1014 (bad gateway) and a reason, one that cannot be reached
-with 1013 (try again later). The connection holds a stream slot (``api/limits.py``) while open:
+with 1013 (try again later), and a client that sends nothing (or no key, when one is needed)
+within ``doors.websocket_first_message_s`` with 1008. An upstream is pinged every 20 s, so one
+that vanished without closing its connections is found too. The connection holds a stream slot (``api/limits.py``) while open:
 none free, 1013. Metrics and the access line (``api/observe.py``) label it ``/workflows/ws``, kind
 ``websocket``, with its upstream and close code.
 """
@@ -185,7 +187,7 @@ class _Connection:
             await self._relay(first)
         except _Closing as closing:
             await self._close_client(closing.code, closing.reason)
-            await self._close_upstream(GOING_AWAY if closing.code in (TOO_BIG, UNSUPPORTED_DATA) else NORMAL, "")
+            await self._close_upstream(GOING_AWAY, "")  # when it is not the upstream that closed
         except _ClientLeft as left:
             self.state["close_code"] = left.code
             await self._close_upstream(left.code if left.code in _SENDABLE else GOING_AWAY, left.reason)
@@ -242,9 +244,10 @@ class _Connection:
             text = await self._next_text(None)
             message = json_object(text)
             action = message.get("action") if message is not None else None
-            if action == "authenticate" and (not await self._authenticate(message) or not self.settings.forward_authorization):
-                continue
-            if action != "authenticate":
+            if action == "authenticate":  # answered here; the upstream's own with forward_authorization
+                if not await self._authenticate(message) or not self.settings.forward_authorization:
+                    continue
+            else:
                 checked = await self._checked(text, message)
                 if checked is None:
                     continue
