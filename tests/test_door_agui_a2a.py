@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gateway.api.forwarding import UPSTREAM_HEADER
-from tests.pools import answered_by, gateway_config, start_gateway, start_upstreams
+from tests.pools import answered_by, gateway_config, start_gateway, start_upstreams, upstream_states
 from tests.processes import Server
 
 NAMES = ["door-a", "door-b", "door-c"]
@@ -97,8 +97,10 @@ async def test_agui_bad_bodies_get_agentos_answer(pool) -> None:
         assert huge_id.status_code == 400 and "threadId" in huge_id.json()["detail"]
         status = await client.get("/status")
         assert status.status_code == 200 and status.json() == {"status": "available"}
-        states = (await client.get("/config")).json()
-        assert {"type": "agui", "route": ""} in [{k: i[k] for k in ("type", "route")} for i in states["interfaces"]]
+        config = (await client.get("/config")).json()
+        assert {"type": "agui", "route": ""} in [{k: i[k] for k in ("type", "route")} for i in config["interfaces"]]
+    doors = (await upstream_states(gateway))["door-a"]["doors"]
+    assert [(door["door"], door["prefix"]) for door in doors] == [("a2a", "/a2a"), ("agui", ""), ("mcp", "/mcp"), ("websocket", "/workflows/ws")]
 
 
 async def test_agui_needs_the_run_scope(pool) -> None:
