@@ -85,6 +85,26 @@ async def test_agui_threads_keep_their_upstream_and_history(pool) -> None:
     assert len(spread) >= 2
 
 
+async def test_agui_client_leaving_cancels_the_run_upstream(pool) -> None:
+    gateway, upstreams = pool
+    thread = f"agui-leaves-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        body = _agui_body(thread, "slow: " + " ".join(["word"] * 40))
+        async with client.stream("POST", "/agui", json=body, headers=_headers()) as answer:
+            home = upstreams[answer.headers[UPSTREAM_HEADER]]
+            async for line in answer.aiter_lines():
+                if "TEXT_MESSAGE_CONTENT" in line:
+                    break  # and leave
+        statuses: List[str] = []
+        async with asyncio.timeout(20):  # the upstream records the run as cancelled once it notices
+            while statuses != ["CANCELLED"]:
+                runs = await client.get(f"{home.url}/sessions/{thread}/runs", params={"type": "agent"})
+                statuses = [run["status"] for run in runs.json()] if runs.status_code == 200 else []
+                if statuses != ["CANCELLED"]:
+                    assert statuses in ([], ["RUNNING"]), statuses
+                    await asyncio.sleep(0.1)
+
+
 async def test_agui_bad_bodies_get_agentos_answer(pool) -> None:
     gateway, _ = pool
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30, headers=_headers()) as client:
