@@ -18,7 +18,7 @@ import pytest
 
 from gateway.api.forwarding import UPSTREAM_HEADER
 from tests.pools import answered_by, gateway_config, start_gateway, start_upstreams, upstream_states
-from tests.processes import Server
+from tests.processes import Server, start_server
 
 NAMES = ["door-a", "door-b", "door-c"]
 KEY = "door-key-0123456789abcdef"
@@ -248,6 +248,36 @@ async def test_doors_take_run_and_stream_slots(pool, log_dir: Path) -> None:
                 assert [line async for line in lines if line][-1] == 'data: {"type":"RUN_FINISHED","threadId":"agui-holds","runId":' + json.dumps(body["runId"]) + "}"
     finally:
         limited.stop()
+
+
+@pytest.fixture(scope="module")
+def prefixed(log_dir: Path) -> Iterator[Server]:
+    """A gateway in front of an upstream serving its doors under ``/chat``; one key may run agents
+    (not teams)."""
+    upstream = start_server("door-prefixed", ["upstream", "--name", "door-prefixed", "--doors", "all", "--doors-prefix", "/chat"], log_dir)
+    keys = [{"name": "agents", "key": KEY, "scopes": ["agents:run", "agents:echo-agent:read"]}]  # AG-UI asks agents:run
+    gateway = start_gateway("door-prefixed-gateway", gateway_config([upstream], auth={"keys": keys}), log_dir)
+    yield gateway
+    gateway.stop()
+    upstream.stop()
+
+
+async def test_doors_under_another_prefix(prefixed) -> None:
+    """Served where the upstream serves them, with the same keys, scopes and labels as at agno's
+    default prefix; the card's URL under the prefix (agno writes its default one)."""
+    async with httpx.AsyncClient(base_url=prefixed.url, timeout=30, headers=_headers()) as client:
+        async with client.stream("POST", "/chat/agui", json=_agui_body("prefixed-thread", "hi")) as answer:
+            assert answer.status_code == 200 and "RUN_FINISHED" in (await answer.aread()).decode()
+        assert (await client.post("/agui", json=_agui_body("x", "hi"))).status_code == 404
+        send = await client.post("/chat/a2a/agents/echo-agent/v1/message:send", json=_message("hi", "prefixed-ctx"))
+        assert send.status_code == 200 and send.json()["result"]["status"]["state"] == "completed"
+        refused = await client.post("/chat/a2a/teams/echo-team/v1/message:send", json=_message("hi"))
+        assert refused.status_code == 403
+        card = await client.get("/chat/a2a/agents/echo-agent/.well-known/agent-card.json")
+        assert card.json()["url"] == f"{prefixed.url}/chat/a2a/agents/echo-agent/v1/message:stream"
+        assert (await client.get("/chat/status")).json() == {"status": "available"}
+        scrape = (await client.get(f"{prefixed.admin_url}/metrics")).text
+    assert 'kind="agui",route="/agui"}' in scrape  # labelled by the route table's template
 
 
 # -- an upstream dies mid-conversation: the protocol's own error, never a hang (last: they kill) --------
