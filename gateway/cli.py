@@ -246,11 +246,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_upstream_app(name: str, db_url: Optional[str], doors: str = "none") -> Any:
+def build_upstream_app(name: str, db_url: Optional[str], doors: str = "none", doors_prefix: str = "") -> Any:
     """A real AgentOS serving the demo components, answering as instance ``name``; with
     ``doors`` ``all`` (or ``stateless-mcp``) also its other doors: AG-UI for the agent, A2A, MCP
     (stateful, or stateless) and the workflow WebSocket (always there). They need the project's
-    ``doors`` extra (agno's ``agui`` and ``a2a`` extras, fastmcp)."""
+    ``doors`` extra (agno's ``agui`` and ``a2a`` extras, fastmcp). ``doors_prefix`` mounts them
+    under a prefix (``/chat``: ``/chat/agui``, ``/chat/a2a/...``, ``/chat/mcp``)."""
     from agno.os import AgentOS
 
     from gateway.demo import build_demo, open_db
@@ -260,12 +261,18 @@ def build_upstream_app(name: str, db_url: Optional[str], doors: str = "none") ->
     door_options: Dict[str, Any] = {}
     if doors != "none":
         from agno.os.config import MCPConfig
+        from agno.os.interfaces.a2a import A2A
         from agno.os.interfaces.agui import AGUI
 
+        a2a = A2A(agents=[demo.agent], teams=[demo.team], workflows=[demo.workflow], prefix=f"{doors_prefix}/a2a")
+        mcp: Dict[str, Any] = {"default_tools": True}  # what mcp=True serves
+        if doors == "stateless-mcp":
+            mcp["stateless"] = True
+        if doors_prefix:
+            mcp["path"] = f"{doors_prefix}/mcp"
         door_options = {
-            "interfaces": [AGUI(agent=demo.agent)],
-            "a2a_interface": True,
-            "mcp": MCPConfig(stateless=True, default_tools=True) if doors == "stateless-mcp" else True,
+            "interfaces": [AGUI(agent=demo.agent, prefix=doors_prefix), a2a],
+            "mcp": MCPConfig(**mcp) if len(mcp) > 1 else True,
         }
     agent_os = AgentOS(
         id=name,
@@ -284,7 +291,7 @@ def build_upstream_app(name: str, db_url: Optional[str], doors: str = "none") ->
 
 def cmd_upstream(args: argparse.Namespace) -> int:
     try:
-        app = build_upstream_app(args.name, args.db, args.doors)
+        app = build_upstream_app(args.name, args.db, args.doors, args.doors_prefix)
     except ValueError as error:
         return _fail_config(error)
     except ImportError as error:
@@ -503,6 +510,15 @@ def _pool_demo_lines(host: str, port: int, admin_port: int, children: List[Any])
     return header + lines
 
 
+def _door_prefix(text: str) -> str:
+    """``--doors-prefix``' type: empty, or plain path segments (``/chat``, ``/v1/ui``)."""
+    import re
+
+    if text and not re.fullmatch(r"(/[A-Za-z0-9_-]+)+", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a prefix of plain segments, like /chat")
+    return text
+
+
 def upstream_count(text: str) -> int:
     """``--upstreams``' type: 0 (the demo in-process) up to one per letter (os-a ... os-z)."""
     from gateway.demo.upstreams import MAX_UPSTREAMS
@@ -546,6 +562,9 @@ def parser() -> argparse.ArgumentParser:
         "--doors", choices=("none", "all", "stateless-mcp"), default="none",
         help="also serve AG-UI, A2A and MCP (stateless-mcp: MCP without sessions); the WebSocket is always there",
     )  # fmt: skip
+    upstream.add_argument(
+        "--doors-prefix", default="", type=_door_prefix, help="mount AG-UI, A2A and MCP under this prefix (e.g. /chat)"
+    )
     upstream.set_defaults(handler=cmd_upstream)
 
     demo = commands.add_parser(

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from gateway.api.forwarding import UPSTREAM_HEADER
-from tests.pools import answered_by, gateway_config, start_gateway, start_upstreams
-from tests.processes import Server
+from tests.pools import answered_by, gateway_config, start_gateway, start_upstreams, upstream_states
+from tests.processes import Server, start_server
 
 NAMES = ["door-a", "door-b", "door-c"]
 KEY = "door-key-0123456789abcdef"
@@ -85,6 +85,26 @@ async def test_agui_threads_keep_their_upstream_and_history(pool) -> None:
     assert len(spread) >= 2
 
 
+async def test_agui_client_leaving_cancels_the_run_upstream(pool) -> None:
+    gateway, upstreams = pool
+    thread = f"agui-leaves-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        body = _agui_body(thread, "slow: " + " ".join(["word"] * 40))
+        async with client.stream("POST", "/agui", json=body, headers=_headers()) as answer:
+            home = upstreams[answer.headers[UPSTREAM_HEADER]]
+            async for line in answer.aiter_lines():
+                if "TEXT_MESSAGE_CONTENT" in line:
+                    break  # and leave
+        statuses: List[str] = []
+        async with asyncio.timeout(20):  # the upstream records the run as cancelled once it notices
+            while statuses != ["CANCELLED"]:
+                runs = await client.get(f"{home.url}/sessions/{thread}/runs", params={"type": "agent"})
+                statuses = [run["status"] for run in runs.json()] if runs.status_code == 200 else []
+                if statuses != ["CANCELLED"]:
+                    assert statuses in ([], ["RUNNING"]), statuses
+                    await asyncio.sleep(0.1)
+
+
 async def test_agui_bad_bodies_get_agentos_answer(pool) -> None:
     gateway, _ = pool
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30, headers=_headers()) as client:
@@ -97,8 +117,10 @@ async def test_agui_bad_bodies_get_agentos_answer(pool) -> None:
         assert huge_id.status_code == 400 and "threadId" in huge_id.json()["detail"]
         status = await client.get("/status")
         assert status.status_code == 200 and status.json() == {"status": "available"}
-        states = (await client.get("/config")).json()
-        assert {"type": "agui", "route": ""} in [{k: i[k] for k in ("type", "route")} for i in states["interfaces"]]
+        config = (await client.get("/config")).json()
+        assert {"type": "agui", "route": ""} in [{k: i[k] for k in ("type", "route")} for i in config["interfaces"]]
+    doors = (await upstream_states(gateway))["door-a"]["doors"]
+    assert [(door["door"], door["prefix"]) for door in doors] == [("a2a", "/a2a"), ("agui", ""), ("mcp", "/mcp"), ("websocket", "/workflows/ws")]
 
 
 async def test_agui_needs_the_run_scope(pool) -> None:
@@ -201,6 +223,61 @@ async def test_metrics_and_access_lines_name_the_interface(pool) -> None:
     lines = [json.loads(line) for line in gateway.log().splitlines() if line.startswith('{"request_id"')]
     assert {"agui", "a2a"} <= {line["kind"] for line in lines}
     assert any(line["kind"] == "agui" and line["upstream"] in NAMES and line["status"] == 200 for line in lines)
+
+
+async def test_doors_take_run_and_stream_slots(pool, log_dir: Path) -> None:
+    """A gateway allowing one stream: an AG-UI stream holds it, so the next AG-UI or A2A stream
+    is refused at once (503, Retry-After), while a non-stream A2A message still runs."""
+    _, upstreams = pool
+    config = gateway_config(list(upstreams.values()), limits={"max_streams": 1, "max_concurrent_runs": 2})
+    limited = start_gateway("door-limited-gateway", config, log_dir)
+    try:
+        async with httpx.AsyncClient(base_url=limited.url, timeout=30) as client:
+            body = _agui_body("agui-holds", "slow: " + " ".join(["word"] * 6))
+            async with client.stream("POST", "/agui", json=body) as held:
+                lines = held.aiter_lines()  # kept: a dropped line iterator would close the stream
+                async for line in lines:
+                    if "TEXT_MESSAGE_CONTENT" in line:
+                        break
+                second = await client.post("/agui", json=_agui_body("agui-waits", "hi"))
+                assert second.status_code == 503 and "retry-after" in second.headers
+                stream = await client.post("/a2a/agents/echo-agent/v1/message:stream", json=_message("x", "c", "message/stream"))
+                assert stream.status_code == 503, (stream.status_code, stream.text[:300], stream.headers)
+                send = await client.post("/a2a/agents/echo-agent/v1/message:send", json=_message("x", "c"))
+                assert send.status_code == 200 and send.json()["result"]["status"]["state"] == "completed"
+                assert [line async for line in lines if line][-1] == 'data: {"type":"RUN_FINISHED","threadId":"agui-holds","runId":' + json.dumps(body["runId"]) + "}"
+    finally:
+        limited.stop()
+
+
+@pytest.fixture(scope="module")
+def prefixed(log_dir: Path) -> Iterator[Server]:
+    """A gateway in front of an upstream serving its doors under ``/chat``; one key may run agents
+    (not teams)."""
+    upstream = start_server("door-prefixed", ["upstream", "--name", "door-prefixed", "--doors", "all", "--doors-prefix", "/chat"], log_dir)
+    keys = [{"name": "agents", "key": KEY, "scopes": ["agents:run", "agents:echo-agent:read"]}]  # AG-UI asks agents:run
+    gateway = start_gateway("door-prefixed-gateway", gateway_config([upstream], auth={"keys": keys}), log_dir)
+    yield gateway
+    gateway.stop()
+    upstream.stop()
+
+
+async def test_doors_under_another_prefix(prefixed) -> None:
+    """Served where the upstream serves them, with the same keys, scopes and labels as at agno's
+    default prefix; the card's URL under the prefix (agno writes its default one)."""
+    async with httpx.AsyncClient(base_url=prefixed.url, timeout=30, headers=_headers()) as client:
+        async with client.stream("POST", "/chat/agui", json=_agui_body("prefixed-thread", "hi")) as answer:
+            assert answer.status_code == 200 and "RUN_FINISHED" in (await answer.aread()).decode()
+        assert (await client.post("/agui", json=_agui_body("x", "hi"))).status_code == 404
+        send = await client.post("/chat/a2a/agents/echo-agent/v1/message:send", json=_message("hi", "prefixed-ctx"))
+        assert send.status_code == 200 and send.json()["result"]["status"]["state"] == "completed"
+        refused = await client.post("/chat/a2a/teams/echo-team/v1/message:send", json=_message("hi"))
+        assert refused.status_code == 403
+        card = await client.get("/chat/a2a/agents/echo-agent/.well-known/agent-card.json")
+        assert card.json()["url"] == f"{prefixed.url}/chat/a2a/agents/echo-agent/v1/message:stream"
+        assert (await client.get("/chat/status")).json() == {"status": "available"}
+        scrape = (await client.get(f"{prefixed.admin_url}/metrics")).text
+    assert 'kind="agui",route="/agui"}' in scrape  # labelled by the route table's template
 
 
 # -- an upstream dies mid-conversation: the protocol's own error, never a hang (last: they kill) --------

@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, AsyncIterator, Callable, Dict, Optional
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,6 +26,7 @@ from gateway.api.observe import ObserveMiddleware
 from gateway.api import passthrough
 from gateway.api.catalog import catalog_router
 from gateway.api.runs import runs_router
+from gateway.doors.membership import door_path
 from gateway.local import LocalRegistry
 from gateway.api.forwarding import AFFINITY_HEADER, UPSTREAM_HEADER
 from gateway.settings import ConfigError, Settings, load_settings
@@ -87,7 +88,7 @@ def create_app(
         WebSocketDoor, directory=services.directory, forwarder=forwarder, limiter=services.limiter, keyring=services.keyring
     )
     app.add_middleware(FastRunPath, directory=services.directory, forwarder=forwarder, limiter=services.limiter)
-    app.add_middleware(AuthMiddleware, keyring=services.keyring)
+    app.add_middleware(AuthMiddleware, keyring=services.keyring, door_path=_door_path(services))
     origins = settings.allowed_origins()
     if origins:
         # As AgentOS sets it up (agno/os/utils.py, update_cors_middleware): any method and header,
@@ -126,6 +127,20 @@ def create_app(
     # What none of the routes above matches: the rest of AgentOS, through the route table.
     passthrough.install(app, services.directory, forwarder, services.limiter, services.storage)
     return app
+
+
+def _door_path(services: Services) -> Optional[Callable[[str], Optional[str]]]:
+    """A path under a door the upstreams serve at another prefix: its path at agno's default."""
+    forwarder = services.forwarder
+    if forwarder is None:
+        return None
+    pool = forwarder.pool
+
+    def canonical(path: str) -> Optional[str]:
+        found = door_path(path, pool.served_doors())
+        return found.canonical if found is not None else None
+
+    return canonical
 
 
 def _reload_on_sighup(services: Services) -> None:

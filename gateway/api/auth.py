@@ -97,9 +97,12 @@ class Keyring:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, keyring: Keyring) -> None:
+    def __init__(self, app: ASGIApp, keyring: Keyring, door_path: Optional[Callable[[str], Optional[str]]] = None) -> None:
         self.app = app
         self.keyring = keyring
+        # A door served under another prefix than agno's default: its path at that default (where
+        # the route table, hence the grants, know it). Asked only when the path itself is refused.
+        self.door_path = door_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -123,6 +126,9 @@ class AuthMiddleware:
         state["api_key"] = key.name
         if not key.grants.admin:
             refusal = key.grants.refusal(scope["method"], path)
+            canonical = self.door_path(path) if refusal is not None and self.door_path is not None else None
+            if canonical is not None and canonical != path:
+                refusal = key.grants.refusal(scope["method"], canonical)
             if refusal is not None:
                 return refusal
             state["visible"] = key.grants.visible

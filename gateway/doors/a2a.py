@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.api.forwarding import Forwarder, new_uuid
 from gateway.api.route_table import Match
 from gateway.doors.http import json_object, outgoing_for, text_at
-from gateway.doors.membership import DoorPath
+from gateway.doors.membership import DEFAULT_PREFIX, Door, DoorPath
 from gateway.errors import UpstreamFailure
 from gateway.pool import Upstream
 from gateway.wire.ids import check_id
@@ -101,6 +101,9 @@ async def _card(request: Request, fwd: Forwarder, matched: Match, door: DoorPath
         return Response(fetched.body, status_code=fetched.status, headers=fetched.headers)
     public = fwd.settings.doors.public_url or str(request.base_url)
     parts = urlsplit(card["url"])
-    card["url"] = public.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+    path, default = parts.path, DEFAULT_PREFIX[Door.A2A]
+    if door.prefix != default and path.startswith(default + "/"):  # agno writes its default prefix, whatever the mount
+        path = door.prefix + path[len(default):]
+    card["url"] = public.rstrip("/") + path + (f"?{parts.query}" if parts.query else "")
     headers = {k: v for k, v in fetched.headers.items() if k.lower() not in ("content-length", "content-type")}
     return JSONResponse(card, headers=headers)
