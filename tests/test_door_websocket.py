@@ -343,6 +343,18 @@ async def test_an_upstream_that_dies_mid_run_closes_the_connection_with_a_reason
     assert elapsed < 5.0  # the issue asks for 2 s; the bound leaves room for a loaded machine
 
 
+async def test_an_upstream_that_shuts_down_passes_its_close_code_on(pool) -> None:
+    gateway, upstreams = pool
+    (survivor,) = [server for server in upstreams.values() if server.process.poll() is None]
+    async with _open(gateway) as ws:  # the dead one refuses: the run goes to the next in its order
+        await _hello(ws)
+        await ws.send(_start("slow: " + " ".join(["word"] * 40), "ws-survivor"))
+        assert _frame(await _next(ws))[0] == "WorkflowStarted"
+        survivor.process.terminate()  # uvicorn's shutdown closes its WebSockets with 1012
+        closed = await _closed(ws)
+    assert closed.rcvd is not None and closed.rcvd.code == 1012, closed
+
+
 async def test_when_no_upstream_takes_the_connection_it_closes_with_1013(pool) -> None:
     gateway, upstreams = pool
     for server in upstreams.values():

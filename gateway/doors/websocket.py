@@ -24,7 +24,8 @@ runs on it go there too, as they would on one AgentOS.
 **Keys.** With client keys configured, a key in the upgrade's ``Authorization`` header (refused
 with 401 before the handshake when it is wrong), or in an ``authenticate`` message (browsers cannot
 set headers on a WebSocket): the gateway's key, never sent upstream; each upstream gets its own key
-in an ``authenticate`` of the gateway's when it asks for one. Each run action is checked against
+(``api_key``), in the upgrade's header and, when it asks for one, in an ``authenticate`` of the
+gateway's. Each run action is checked against
 the key's scopes as ``POST /workflows/{id}/runs`` (agno's ``workflows:run``): a refusal is AgentOS's
 ``error`` event, and nothing reaches an upstream. A limited key may use no action the gateway does
 not know.
