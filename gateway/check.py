@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel
 
 from gateway.balancing import ActiveState
+from gateway.doors.membership import door_route
 from gateway.local import LocalRegistry
 from gateway.pool import Pool, Upstream
 from gateway.routing import Directory
@@ -113,7 +114,20 @@ def routing_table(directory: Directory) -> List[str]:
         lines.append(f"  {kind.path}:" + ("" if served else " (none)"))
         width = max((len(entity_id) for entity_id in served), default=0)
         lines += [f"    {entity_id:<{width}}  {who}" for entity_id, who in sorted(served.items())]
-    return lines
+    return lines + _doors(directory)
+
+
+def _doors(directory: Directory) -> List[str]:
+    """AgentOS's other doors (AG-UI, A2A, MCP, the WebSocket), where, and which upstreams serve them."""
+    if directory.pool is None:
+        return []
+    served: Dict[str, List[str]] = {}
+    for upstream in directory.pool.upstreams.values():
+        for door, prefix in sorted(upstream.doors, key=lambda pair: (pair[0].value, pair[1])):
+            served.setdefault(f"{door.value} at {door_route(door, prefix)}", []).append(upstream.name)
+    lines = ["  doors:" + ("" if served else " (none)")]
+    width = max((len(name) for name in served), default=0)
+    return lines + [f"    {name:<{width}}  {', '.join(names)}" for name, names in sorted(served.items())]
 
 
 def _served_by(directory: Directory, kind: EntityKind) -> Dict[str, str]:

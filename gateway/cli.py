@@ -342,7 +342,7 @@ POOL_DEMO_LINES = """
   # a team whose leader delegates to its member
   curl -s {url}/v1/teams/echo-team/run -H 'content-type: application/json' \\
        -d '{{"input": "delegate: 3 + 4"}}'
-
+{doors}
   # what is served, merged from every upstream, in AgentOS's shape
   curl -s {url}/config
 
@@ -351,6 +351,24 @@ POOL_DEMO_LINES = """
   curl -s {admin_url}/metrics | grep agentos_gateway_upstream_healthy
 
 Ctrl-C stops the gateway and its {count} upstream(s).
+"""
+
+
+POOL_DEMO_DOORS = """
+  # AgentOS's other doors, each conversation kept on its upstream like a session:
+  # AG-UI (CopilotKit and other AG-UI frontends): the thread is the session
+  curl -N {url}/agui -H 'content-type: application/json' -d '{{"threadId": "thread-1", "runId": "r1",
+       "messages": [{{"id": "m1", "role": "user", "content": "what is 6 * 7"}}], "state": {{}}, "tools": [],
+       "context": [], "forwardedProps": {{}}}}'
+  # A2A (agno's RemoteAgent(base_url="{url}/a2a/agents/echo-agent", protocol="a2a") too): the context
+  curl -s {url}/a2a/agents/echo-agent/v1/message:send -H 'content-type: application/json' -d '{{"jsonrpc":
+       "2.0", "id": "1", "method": "message/send", "params": {{"message": {{"messageId": "m1", "role": "user",
+       "contextId": "ctx-1", "parts": [{{"kind": "text", "text": "what is 6 * 7"}}]}}}}}}'
+  # MCP (Claude, Cursor, any MCP client; fastmcp's command line here): the MCP session
+  .venv/bin/fastmcp call {url}/mcp run_agent agent_id=echo-agent message="what is 6 * 7" session_id=mcp-1
+  # the workflow WebSocket: send {{"action": "start-workflow", "workflow_id": "echo-workflow",
+  # "message": "hi", "session_id": "ws-1"}}
+  .venv/bin/python -m websockets ws://{ws_host}/workflows/ws
 """
 
 
@@ -461,7 +479,7 @@ def _pool_demo_app(host: str, port: int, admin_port: int, children: List[Any]) -
 
 
 def _pool_demo_lines(host: str, port: int, admin_port: int, children: List[Any]) -> str:
-    from gateway.demo.upstreams import sessions_on_different_upstreams
+    from gateway.demo.upstreams import doors_installed, sessions_on_different_upstreams
 
     (first, first_home), (second, second_home) = sessions_on_different_upstreams([c.name for c in children])
     if first_home != second_home:
@@ -470,9 +488,11 @@ def _pool_demo_lines(host: str, port: int, admin_port: int, children: List[Any])
         sessions = f"sessions {first} and {second} both live on {first_home}, the only upstream"
     listing = "\n".join(f"  {c.name}  {c.url}  (pid {c.process.pid})" for c in children)
     header = POOL_DEMO_HEADER.format(host=host, port=port, count=len(children), upstreams=listing)
+    url = f"http://{host}:{port}"
+    doors = POOL_DEMO_DOORS.format(url=url, ws_host=f"{host}:{port}") if doors_installed() else ""
     lines = POOL_DEMO_LINES.format(
-        url=f"http://{host}:{port}", admin_url=f"http://{host}:{admin_port}", sessions=sessions, first=first,
-        second=second, count=len(children),
+        url=url, admin_url=f"http://{host}:{admin_port}", sessions=sessions, first=first,
+        second=second, count=len(children), doors=doors,
     )  # fmt: skip
     return header + lines
 

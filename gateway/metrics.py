@@ -5,7 +5,8 @@ any worker merges them (prometheus-client's multiprocess mode): counters and his
 in-flight gauges sum over live workers, the health gauge shows the most recent worker's view.
 
 Labels are bounded: ``entity`` is an id the gateway serves or ``unknown``, ``route`` a route
-template, ``kind`` one of three entity kinds, ``admin`` (the admin listener's requests) or empty,
+template, ``kind`` one of three entity kinds, an interface (``agui``, ``a2a``, ``mcp``,
+``websocket``: AgentOS's other doors), ``admin`` (the admin listener's requests) or empty,
 ``upstream`` a configured (or DNS-discovered) name.
 """
 

@@ -149,3 +149,20 @@ async def test_continue_checks_the_object_fields_too(client) -> None:
     )
     assert answer.status_code == 400, answer.text
     assert answer.json() == {"detail": "Invalid dependencies parameter: expected a JSON object"}
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", "/agui"),
+        ("GET", "/status"),
+        ("POST", "/a2a/agents/echo-agent/v1/message:send"),
+        ("GET", "/a2a/agents/echo-agent/.well-known/agent-card.json"),
+        ("POST", "/mcp"),
+    ],
+)
+async def test_a_door_no_upstream_serves_is_agentos_404(client, method: str, path: str) -> None:
+    """Upstreams without AG-UI, A2A or MCP: their doors answer as such an AgentOS does."""
+    answer = await client.request(method, path, json={"threadId": "t", "jsonrpc": "2.0"})
+    assert answer.status_code == 404 and answer.json() == {"detail": "Not Found"}
+    assert "x-agentos-gateway-upstream" not in answer.headers

@@ -70,9 +70,9 @@ def _key_config(name: str) -> Dict[str, Any]:
 def _samples() -> Iterator[Tuple[str, str, str]]:
     """(method, path at the gateway, the same request's path at AgentOS) for every route."""
     for route in TABLE.routes:
-        if route.template in OPEN_PATHS:
-            continue  # the gateway's own (/health, its Prometheus scrape): open, no AgentOS scope
-        family = route.template.split("/")[1] if route.runnable_entity else None
+        if route.template in OPEN_PATHS or route.door == "mcp":
+            continue  # the gateway's own (/health): open; MCP: gated per tool (tests/test_door_mcp.py)
+        family = f"{route.entity.kind}s" if route.runnable_entity and route.entity is not None else None
         for method in sorted(route.methods):
             for entity_id in SAMPLE_IDS[family] if family else (None,):
                 values = {name: "1" for name in route.parameters}
@@ -90,9 +90,11 @@ SAMPLES = list(_samples())
 
 @pytest.fixture(scope="module")
 def oracle_app(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A real AgentOS with agno's JWT authorization, serving the demo components."""
+    """A real AgentOS with agno's JWT authorization, serving the demo components, AG-UI (the
+    agent) and A2A."""
     from agno.os import AgentOS
     from agno.os.config import AuthorizationConfig
+    from agno.os.interfaces.agui import AGUI
 
     from gateway.demo import build_demo, open_db
 
@@ -100,7 +102,7 @@ def oracle_app(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     demo = build_demo(instance=ORACLE_ID, db=db)
     agent_os = AgentOS(
         id=ORACLE_ID, agents=[demo.agent], teams=[demo.team], workflows=[demo.workflow], db=db, telemetry=False,
-        authorization=True, authorization_config=AuthorizationConfig(verification_keys=[JWT_SECRET], algorithm="HS256"),
+        interfaces=[AGUI(agent=demo.agent)], a2a_interface=True, authorization=True, authorization_config=AuthorizationConfig(verification_keys=[JWT_SECRET], algorithm="HS256"),
     )  # fmt: skip
     return agent_os.get_app()
 

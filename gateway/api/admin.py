@@ -8,12 +8,13 @@ import asyncio
 import hmac
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import aiohttp
 
 from fastapi import APIRouter, Depends, Request
 
+from gateway.doors.membership import Door
 from gateway.errors import BadRequest, ConfigError, Forbidden, NotFound, Unauthorized
 from gateway.pool import Pool, Upstream
 from gateway.settings import Settings
@@ -53,7 +54,12 @@ def describe(pool: Pool, upstream: Upstream) -> Dict[str, Any]:
         "in_flight": upstream.in_flight,
         "instantiated_at": upstream.instantiated_at,
         "entities": {kind.path: sorted(upstream.members.get(kind, ())) for kind in EntityKind},
+        "doors": [{"door": door.value, "prefix": prefix} for door, prefix in sorted(upstream.doors, key=_door_order)],
     }
+
+
+def _door_order(served: Tuple[Door, str]) -> Tuple[str, str]:
+    return served[0].value, served[1]
 
 
 def _open_fds() -> Optional[int]:

@@ -36,7 +36,7 @@ LISTING_TIMEOUT_S = 10.0
 # GET /config keys that hold {"dbs": [...]} per domain.
 _DOMAIN_KEYS = ("session", "metrics", "memory", "learning", "evals", "traces", "knowledge")
 # GET /config keys the gateway answers for itself: its own id, the entities by the directory,
-# and no interfaces (the doors are not proxied).
+# and the interfaces (the doors its upstreams serve, each once).
 _OWN_KEYS = frozenset({"os_id", "interfaces", *(kind.path for kind in EntityKind)})
 
 
@@ -86,6 +86,8 @@ def merged_config(
                     present.add(entity_id)
         _union(config, "available_models", catalog.get("available_models"), key=lambda m: (m.get("id"), m.get("provider")))
         _union(config, "databases", catalog.get("databases"), key=lambda db: db)
+        # The doors the gateway serves (gateway/doors/): each upstream's interfaces, once each.
+        _union(config, "interfaces", catalog.get("interfaces"), key=_interface_key)
         for key, value in catalog.items():
             if key in _OWN_KEYS or key in ("available_models", "databases"):
                 continue
@@ -96,6 +98,12 @@ def merged_config(
                     if isinstance(items, list):
                         _union(config[key], field, items, key=_db_key)
     return config
+
+
+def _interface_key(interface: Any) -> Any:
+    if isinstance(interface, dict):
+        return interface.get("type"), interface.get("route")
+    return json.dumps(interface, sort_keys=True, default=str)
 
 
 def _db_key(db: Any) -> Any:

@@ -69,11 +69,16 @@ def path_problem(raw: bytes) -> Optional[str]:
 
 
 def _route_labels(scope: Scope) -> Tuple[str, str]:
-    """(route template, kind) of the matched route; ``unmatched`` for a 404 of the router."""
+    """(route template, kind) of the matched route; ``unmatched`` for a 404 of the router. A
+    door's route (AG-UI, A2A, MCP, the WebSocket) is labelled by its interface: its ``kind`` is
+    the door's name."""
     route = scope.get("route")
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     if not template:
         return "unmatched", ""
+    door = getattr(route, "door", "")
+    if door:
+        return template, door
     matched = entity_path(template)
     return template, matched.kind.name.lower() if matched is not None else ""
 

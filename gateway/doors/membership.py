@@ -61,6 +61,15 @@ def doors_of(config: Optional[Mapping[str, Any]], info: Optional[Mapping[str, An
     return frozenset(served)
 
 
+def door_route(door: Door, prefix: str) -> str:
+    """Where a door served at ``prefix`` is reached (AG-UI's ``POST``; A2A's routes under it)."""
+    if door is Door.AGUI:
+        return f"{prefix}/agui"
+    if door is Door.A2A:
+        return f"{prefix}/..."
+    return prefix
+
+
 def _plain(prefix: str) -> bool:
     return _PREFIX.fullmatch(prefix) is not None and "/./" not in prefix + "/" and "/../" not in prefix + "/"
 
