@@ -225,6 +225,31 @@ async def test_metrics_and_access_lines_name_the_interface(pool) -> None:
     assert any(line["kind"] == "agui" and line["upstream"] in NAMES and line["status"] == 200 for line in lines)
 
 
+async def test_doors_take_run_and_stream_slots(pool, log_dir: Path) -> None:
+    """A gateway allowing one stream: an AG-UI stream holds it, so the next AG-UI or A2A stream
+    is refused at once (503, Retry-After), while a non-stream A2A message still runs."""
+    _, upstreams = pool
+    config = gateway_config(list(upstreams.values()), limits={"max_streams": 1, "max_concurrent_runs": 2})
+    limited = start_gateway("door-limited-gateway", config, log_dir)
+    try:
+        async with httpx.AsyncClient(base_url=limited.url, timeout=30) as client:
+            body = _agui_body("agui-holds", "slow: " + " ".join(["word"] * 6))
+            async with client.stream("POST", "/agui", json=body) as held:
+                lines = held.aiter_lines()  # kept: a dropped line iterator would close the stream
+                async for line in lines:
+                    if "TEXT_MESSAGE_CONTENT" in line:
+                        break
+                second = await client.post("/agui", json=_agui_body("agui-waits", "hi"))
+                assert second.status_code == 503 and "retry-after" in second.headers
+                stream = await client.post("/a2a/agents/echo-agent/v1/message:stream", json=_message("x", "c", "message/stream"))
+                assert stream.status_code == 503, (stream.status_code, stream.text[:300], stream.headers)
+                send = await client.post("/a2a/agents/echo-agent/v1/message:send", json=_message("x", "c"))
+                assert send.status_code == 200 and send.json()["result"]["status"]["state"] == "completed"
+                assert [line async for line in lines if line][-1] == 'data: {"type":"RUN_FINISHED","threadId":"agui-holds","runId":' + json.dumps(body["runId"]) + "}"
+    finally:
+        limited.stop()
+
+
 # -- an upstream dies mid-conversation: the protocol's own error, never a hang (last: they kill) --------
 
 
