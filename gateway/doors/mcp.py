@@ -373,7 +373,7 @@ async def _owner(
     if isinstance(found, Upstream):
         store.remember(session_id, found.name)
     else:
-        store.forget(session_id)  # its upstream left the pool
+        store.forget(session_id)  # held nowhere now (or by an upstream that left the pool)
     return found
 
 
@@ -386,7 +386,8 @@ async def _read_back(
         **fwd.forwarded_headers(request), "content-type": "application/json", "accept": ACCEPT_BOTH,
         **{name: value for name, value in headers.items() if name in (SESSION_HEADER, "mcp-protocol-version")},
     }  # fmt: skip
-    tasks = [asyncio.ensure_future(_ping(fwd, upstream, Outgoing("POST", path, dict(sent), ping, True))) for upstream in upstreams]
+    outgoing = [Outgoing("POST", path, dict(sent), ping, expects_stream=True) for _ in upstreams]
+    tasks = [asyncio.ensure_future(_ping(fwd, upstream, each)) for upstream, each in zip(upstreams, outgoing)]
     stateless = False
     try:
         async with asyncio.timeout(READ_BACK_TIMEOUT_S):
