@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 
 class FaultyUpstream:
-    """A TCP server that looks like an AgentOS to probes (``/health``, ``/config``) and answers runs
+    """A TCP server that looks like an AgentOS to probes (``/health``, ``/config``, ``/info``) and answers runs
     wrongly: garbage bytes for a message containing ``garbage``, an SSE stream cut after one frame
     for ``cut``, a JSON answer cut mid-body for ``short``, no answer at all for ``hold``; for
     ``slowly`` a whole answer (SSE, or JSON for ``stream=false``) that takes ``SLOW_ANSWER_S``.
@@ -52,7 +52,7 @@ class FaultyUpstream:
                         length = int(line.split(b":", 1)[1])
                 body = await reader.readexactly(length)
                 path = head.split(b" ", 2)[1]
-                if not path.startswith((b"/health", b"/config")):
+                if not path.startswith((b"/health", b"/config", b"/info")):
                     self.paths.append(path.decode("latin-1"))
                     self.requested.set()
                 if path.endswith(b"/cancel"):
@@ -65,6 +65,8 @@ class FaultyUpstream:
                     self._json(writer, b'{"status":"ok","instantiated_at":"2026-01-01T00:00:00Z"}')
                 elif path.startswith(b"/config"):
                     self._json(writer, self.CONFIG)
+                elif path.startswith(b"/info"):  # no MCP server
+                    self._json(writer, b'{"os_id":"faulty","mcp":{"enabled":false,"path":null}}')
                 elif b"slowly" in body:
                     await self._slowly(writer, stream=b"stream=false" not in body)
                 elif b"fine" in body:  # a completed run, and the request's headers kept for the test

@@ -96,10 +96,10 @@ def create_app(
         # the body reader, outside auth: a preflight is answered without a key, and a 401 carries
         # the CORS headers the browser needs to show it. "*" exposes every header to requests
         # without credentials (as AgentOS); browsers read it literally for requests with them,
-        # hence the gateway's own headers by name too.
+        # hence the gateway's own headers by name too (and MCP's session, which a browser client keeps).
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"],
-            expose_headers=["*", "x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER],
+            expose_headers=["*", "x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER, "mcp-session-id"],
         )  # fmt: skip
     app.add_middleware(
         BodyReaderMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.limits.client_body_timeout_s

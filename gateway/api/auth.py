@@ -124,6 +124,7 @@ class AuthMiddleware:
             return Unauthorized("Invalid authentication token")
         state = scope.setdefault("state", {})
         state["api_key"] = key.name
+        state["grants"] = key.grants  # what a door checks per message (MCP's tools: doors/mcp.py)
         if not key.grants.admin:
             refusal = key.grants.refusal(scope["method"], path)
             canonical = self.door_path(path) if refusal is not None and self.door_path is not None else None

@@ -132,6 +132,10 @@ class Forwarder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
 
+    def forwarded_headers(self, request: Request) -> Dict[str, str]:
+        """The client's headers an upstream may see, for a request a door makes of its own."""
+        return self._forwarded_headers(request)
+
     def _forwarded_headers(self, request: Request) -> Dict[str, str]:
         headers = request.headers
         forwarded = {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}

@@ -26,13 +26,14 @@ class Limiter:
         self.runs = 0
         self.streams = 0
 
-    def acquire(self, stream: bool) -> Callable[[], None]:
-        """A slot for one run (and stream), or ``Busy`` (503); returns the function that gives it back."""
-        if self.runs >= self.limits.max_concurrent_runs:
+    def acquire(self, stream: bool, holds_run: bool = True) -> Callable[[], None]:
+        """A slot for one run (and stream), or ``Busy`` (503); returns the function that gives it
+        back. ``holds_run`` false: a stream slot only (a stream that is no run: MCP's server stream)."""
+        if holds_run and self.runs >= self.limits.max_concurrent_runs:
             raise _busy(f"{self.limits.max_concurrent_runs} runs in progress")
         if stream and self.streams >= self.limits.max_streams:
             raise _busy(f"{self.limits.max_streams} streams open")
-        self.runs += 1
+        self.runs += holds_run
         self.streams += stream
         released = False
 
@@ -40,14 +41,14 @@ class Limiter:
             nonlocal released
             if not released:
                 released = True
-                self.runs -= 1
+                self.runs -= holds_run
                 self.streams -= stream
 
         return release
 
-    async def run(self, stream: bool, answer: Callable[[], Awaitable[Response]]) -> Response:
+    async def run(self, stream: bool, answer: Callable[[], Awaitable[Response]], *, holds_run: bool = True) -> Response:
         """``answer()`` within a slot held until the answer has been sent (or has failed)."""
-        release = self.acquire(stream)
+        release = self.acquire(stream, holds_run)
         try:
             response = await answer()
         except BaseException:

@@ -29,8 +29,10 @@ from gateway.api.route_table import TABLE, Limit, Match, Route, RouteTable, Rule
 from gateway.api.storage import StorageRouter, named_value
 from gateway.api.runs import resolve
 from gateway.api.sessions import session_route
+from gateway.doors import mcp
 from gateway.doors.handlers import HANDLERS
 from gateway.doors.http import Doors
+from gateway.doors.membership import Door
 from gateway.errors import GatewayError, NotFound
 from gateway.local import LocalEntity
 from gateway.pool import Upstream
@@ -88,6 +90,8 @@ class Passthrough:
         if route.rule is Rule.DOOR:  # AG-UI, A2A, MCP: gateway/doors/
             doors = self.doors
             assert doors is not None
+            if door is not None and door.door is Door.MCP:  # its slot depends on the message
+                return await mcp.within_slot(self.limiter, request, lambda: doors.answer(request, matched, door))
             if route.limit is Limit.OTHER:
                 return await doors.answer(request, matched, door)
             return await self.limiter.run(await _streams(request, route), lambda: doors.answer(request, matched, door))

@@ -162,7 +162,7 @@ class _Connection:
                 await self._deny(refusal)
                 return
         try:
-            release = self.door.limiter.acquire(True)
+            release = self.door.limiter.acquire(True, holds_run=False)  # a connection, not one run
         except Busy as busy:
             await self._send({"type": "websocket.accept"})
             await self._close_client(TRY_AGAIN_LATER, busy.detail)
