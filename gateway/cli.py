@@ -49,7 +49,8 @@ def port_number(text: str) -> int:
 
 
 def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, server_class: Any = None,
-         workers: int = 1, header_timeout_s: Optional[float] = None, admin: Any = None) -> None:  # fmt: skip
+         workers: int = 1, header_timeout_s: Optional[float] = None, admin: Any = None,
+         ws_max_size: Optional[int] = None) -> None:  # fmt: skip
     """uvicorn on ``host:port``, or on an inherited socket ``fd``; and on the admin listener's
     socket ``admin`` when there is one: the same server (and each worker) serves both, the app
     telling them apart (``api/admin_listener.py``), so one lifespan, one drain and one reload
@@ -60,7 +61,8 @@ def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, s
     TCP_NODELAY (every answer written in two parts waits ~40 ms for a delayed ACK).
 
     ``header_timeout_s``: the gateway's HTTP protocol (``gateway/http_protocol.py``) with that
-    header timeout; None: uvicorn's own (an upstream AgentOS of the demo).
+    header timeout; None: uvicorn's own (an upstream AgentOS of the demo). ``ws_max_size``: a larger
+    WebSocket message is closed with 1009 by uvicorn itself, before it is buffered whole.
     """
     import functools
     import socket as sockets
@@ -75,6 +77,8 @@ def _run(app: Any, *, host: str, port: int, fd: Optional[int], grace_s: float, s
         from gateway.http_protocol import GatewayHttpProtocol
 
         options["http"] = functools.partial(GatewayHttpProtocol, header_timeout_s=header_timeout_s)
+    if ws_max_size is not None:
+        options["ws_max_size"] = ws_max_size
     if isinstance(app, str):
         options.update(factory=True, workers=workers)
     if fd is None:
@@ -152,6 +156,7 @@ def _serve_gateway(app: Any, settings: Any, *, fd: Optional[int], admin: Any) ->
     _run(
         app, host=settings.host, port=settings.port, fd=fd, grace_s=settings.shutdown.grace_s,
         server_class=DrainingServer, header_timeout_s=settings.limits.client_header_timeout_s, admin=admin,
+        ws_max_size=settings.doors.websocket_max_message_bytes,
     )  # fmt: skip
 
 
@@ -179,6 +184,7 @@ def _serve_workers(args: argparse.Namespace, settings: Any, admin: Any) -> None:
             "gateway.api.app:create_worker_app", host=settings.host, port=settings.port, fd=args.fd,
             grace_s=settings.shutdown.grace_s, workers=args.workers,
             header_timeout_s=settings.limits.client_header_timeout_s, admin=admin,
+            ws_max_size=settings.doors.websocket_max_message_bytes,
         )  # fmt: skip
     finally:
         if shared_db_dir is not None:

@@ -150,9 +150,10 @@ class LocalOS:
 
         path = str(self._private_directory() / SOCKET_NAME)
         # No log config, no log level: the gateway's logging stays as it is. No lifespan: this
-        # module enters each AgentOS app's own (a reload switches apps, not servers).
+        # module enters each AgentOS app's own (a reload switches apps, not servers). WebSockets:
+        # the local workflows' /workflows/ws (gateway/doors/websocket.py).
         config = uvicorn.Config(
-            self._current, uds=path, lifespan="off", log_config=None, access_log=False, ws="none",
+            self._current, uds=path, lifespan="off", log_config=None, access_log=False,
             timeout_graceful_shutdown=STOP_TIMEOUT_S,
         )  # fmt: skip
         config.load()

@@ -258,6 +258,9 @@ class DoorSettings(Strict):
     websocket_max_message_bytes: int = Field(
         1024 * 1024, ge=1024, description="a larger WebSocket message closes the connection with 1009"
     )
+    websocket_first_message_s: float = Field(
+        10.0, gt=0, description="a WebSocket's first message (and its key, when one is needed) within this, else 1008"
+    )
 
 
 class ShutdownSettings(Strict):

@@ -115,6 +115,7 @@ def websocket(base: str) -> Callable[[httpx.AsyncClient], Awaitable[float]]:
 
     async def one(client: httpx.AsyncClient) -> float:
         async with websockets.connect(url, open_timeout=10) as ws:
+            await asyncio.wait_for(ws.recv(), 10)  # "connected": sent on accept, not an answer to the run
             message = {"action": "start-workflow", "workflow_id": "echo-workflow", "message": "hi", "session_id": str(uuid.uuid4())}
             started = time.perf_counter()
             await ws.send(json.dumps(message))

@@ -68,7 +68,7 @@ class AdminListener:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
-        if self.admin_port and scope["type"] == "http" and server is not None and server[1] == self.admin_port:
+        if self.admin_port and scope["type"] in ("http", "websocket") and server is not None and server[1] == self.admin_port:
             await self.admin(scope, receive, send)
             return
         await self.app(scope, receive, send)

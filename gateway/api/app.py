@@ -20,6 +20,7 @@ from gateway.api.admin_listener import AdminListener, admin_app
 from gateway.api.auth import AuthMiddleware
 from gateway.api.errors import install as install_error_handlers
 from gateway.api.fast_path import FastRunPath
+from gateway.doors.websocket import WebSocketDoor
 from gateway.api.services import Services
 from gateway.api.observe import ObserveMiddleware
 from gateway.api import passthrough
@@ -82,6 +83,10 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # Outermost last: every answer, refusals included, gets a request id, a metric and a log line.
+    # AgentOS's workflow WebSocket (/workflows/ws); every layer outside it passes WebSockets on.
+    app.add_middleware(
+        WebSocketDoor, directory=services.directory, forwarder=forwarder, limiter=services.limiter, keyring=services.keyring
+    )
     app.add_middleware(FastRunPath, directory=services.directory, forwarder=forwarder, limiter=services.limiter)
     app.add_middleware(AuthMiddleware, keyring=services.keyring, door_path=_door_path(services))
     origins = settings.allowed_origins()

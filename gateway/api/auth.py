@@ -12,6 +12,8 @@
   everything (``agent_os:admin``). The ids a key may read are left on the request's state
   (``visible``) for ``/config`` and the listings, which AgentOS filters by them.
 * A key with ``rate_per_s`` gets a token bucket (``burst`` deep): 429 with ``Retry-After``.
+* A WebSocket (``/workflows/ws``) passes through: ``doors/websocket.py`` checks its key, from
+  the upgrade's header or AgentOS's ``authenticate`` message, and each of its runs' scopes.
 """
 
 from __future__ import annotations
@@ -87,6 +89,12 @@ class Keyring:
             loaded[digest] = _Key(key.name, digest, Grants(key.name, key_scopes(key.scopes, key.entities)), bucket)
         self.keys = loaded
 
+    def find(self, token: bytes) -> Optional[_Key]:
+        """The key ``token`` is (found by its digest, then compared in constant time), or None."""
+        digest = hashlib.sha256(token).digest()
+        key = self.keys.get(digest)
+        return key if key is not None and hmac.compare_digest(key.digest, digest) else None
+
 
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, keyring: Keyring, door_path: Optional[Callable[[str], Optional[str]]] = None) -> None:
@@ -108,12 +116,11 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope, path: str) -> Optional[GatewayError]:
-        token = _token(scope)
+        token = bearer_token(scope)
         if token is None:
             return Unauthorized("Authorization header required")
-        digest = hashlib.sha256(token).digest()
-        key = self.keyring.keys.get(digest)
-        if key is None or not hmac.compare_digest(key.digest, digest):
+        key = self.keyring.find(token)
+        if key is None:
             return Unauthorized("Invalid authentication token")
         state = scope.setdefault("state", {})
         state["api_key"] = key.name
@@ -133,7 +140,7 @@ class AuthMiddleware:
         return None
 
 
-def _token(scope: Scope) -> Optional[bytes]:
+def bearer_token(scope: Scope) -> Optional[bytes]:
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, rest = value.partition(b" ")

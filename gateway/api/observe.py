@@ -14,6 +14,7 @@ A pure ASGI middleware (no per-request dependency injection): it reads what the 
 * An unhandled error becomes AgentOS's JSON answer here, so it carries a request id too.
 * Access log: one JSON line per request on stdout (``gateway.logs.AccessLogWriter``): request id,
   method, route, kind, entity, upstream, status, duration, retries. Never bodies or credentials.
+* A WebSocket gets the same, once per connection (its duration; its ``close_code`` in the line).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class ObserveMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await (self._websocket if scope["type"] == "websocket" else self.app)(scope, receive, send)
             return
         started = time.perf_counter()
         incoming_id = incoming_trace = None
@@ -151,6 +152,43 @@ class ObserveMiddleware:
             ended = time.perf_counter()
             self._record(scope, state, status, started, first_byte, ended)
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket connection (``doors/websocket.py``): a request id and trace context like a
+        request's, and its metric and log line once it is over. Its status is the handshake's
+        (101 when accepted, 403 when closed before, or the denial's), its first byte the first
+        message sent, and the line says how it closed (``close_code``, set by the handler)."""
+        started = time.perf_counter()
+        incoming_id = incoming_trace = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming_id = value.decode("latin-1")
+            elif name == b"traceparent":
+                incoming_trace = value.decode("latin-1")
+        randomness = os.urandom(24).hex()
+        request_id = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else randomness[:32]
+        state: Dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["traceparent"] = new_traceparent(incoming_trace, randomness)
+        status = 500  # the server's answer to a handler that fails before the handshake
+        first_byte: Optional[float] = None
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, first_byte
+            kind = message["type"]
+            if kind in ("websocket.accept", "websocket.http.response.start"):
+                status = 101 if kind == "websocket.accept" else message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            elif kind == "websocket.close" and status == 500:
+                status = 403
+            elif kind == "websocket.send" and first_byte is None:
+                first_byte = time.perf_counter()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            self._record(scope, state, status, started, first_byte, time.perf_counter())
+
     def _record(
         self, scope: Scope, state: Dict[str, Any], status: int, started: float, first_byte: Optional[float], ended: float
     ) -> None:
@@ -173,12 +211,18 @@ class ObserveMiddleware:
         if self.access_log is not None:
             # Every field but the path is a token the gateway checked or made: no escaping needed.
             self.access_log.write(
-                f'{{"request_id":"{state["request_id"]}","method":"{scope["method"]}",'
+                f'{{"request_id":"{state["request_id"]}","method":"{scope.get("method", "GET")}",'
                 f'"path":{json.dumps(scope["path"])},"route":"{route}","kind":{_json_or_null(kind or None)},'
                 f'"entity":{_json_or_null(entity)},"upstream":{_json_or_null(state.get("upstream"))},'
-                f'"retries":{state.get("retries", 0)},"status":{status},'
+                f'"retries":{state.get("retries", 0)},"status":{status},{_close_code(state)}'
                 f'"duration_ms":{round((ended - started) * 1000, 3)}}}\n'
             )
+
+
+def _close_code(state: Dict[str, Any]) -> str:
+    """A WebSocket's close code, as a field of its line; nothing for a request."""
+    code = state.get("close_code")
+    return "" if code is None else f'"close_code":{int(code)},'
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:
