@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("AGNO_TELEMETRY", "false")
 
-from tests.processes import Server, left_running, start_server  # noqa: E402
+from tests.processes import Server, left_running, start_server, stop_servers  # noqa: E402
 
 # Every server in the tests answers as this instance, so local and remote answers compare equal.
 INSTANCE = "test-instance"
@@ -52,8 +52,7 @@ def pool_upstreams(log_dir: Path) -> Iterator[list]:
 
     servers = start_upstreams(POOL_NAMES, log_dir)
     yield servers
-    for server in servers:
-        server.stop()
+    stop_servers(servers)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import httpx
 import yaml
 
-from tests.processes import Server, spawn_server, start_server, start_servers, stop_servers
+from tests.processes import Server, spawn_server, start_servers, stop_servers
 
 # Fast probes, so state changes show within a second or two.
 FAST_HEALTH = {"interval_s": 0.5, "timeout_s": 0.5, "jitter_percent": 0, "healthy_threshold": 2, "unhealthy_threshold": 2}
@@ -65,9 +65,14 @@ def gateway_config(
 
 
 def start_gateway(name: str, config: Dict[str, Any], log_dir: Path, env: Optional[Dict[str, str]] = None) -> Server:
+    return spawn_gateway(name, config, log_dir, env=env).wait_ready()
+
+
+def spawn_gateway(name: str, config: Dict[str, Any], log_dir: Path, env: Optional[Dict[str, str]] = None) -> Server:
+    """``start_gateway`` without the wait (``start_servers`` waits for several together)."""
     path = log_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    return start_server(name, ["serve", "--config", str(path)], log_dir, env=env)
+    return spawn_server(name, ["serve", "--config", str(path)], log_dir, env=env)
 
 
 def answered_by(content: str) -> Tuple[str, int]:
