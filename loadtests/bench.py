@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -1095,6 +1096,7 @@ def table(results: Dict[str, Any], aborts: int) -> str:
             f"gateway --workers 2 (cores 0 and 1; its second worker shares core 1 with wrk and the upstream) vs 1 worker "
             f"(core 0), 64 conns: {two['rps']:,.0f} vs {one['rps']:,.0f} req/s ({_ratio(two['rps'], one['rps'])}); "
             f"CPU per request {two['proxy_cpu_us_per_request']:.0f} vs {one['proxy_cpu_us_per_request']:.0f} us"
+            + _worker_split(two.get("worker_cpu_s") or [])
         )
     real = gateway.get("real_upstream")
     if real:
@@ -1104,6 +1106,13 @@ def table(results: Dict[str, Any], aborts: int) -> str:
             f"CPU per run: gateway {real['gateway_cpu_ms_per_run']:.3f} ms, upstream {real['upstream_cpu_ms_per_run']:.3f} ms"
         )
     return "\n".join(lines)
+
+
+def _worker_split(worker_cpu_s: Sequence[float]) -> str:
+    """How the 2-worker run's CPU fell on its processes (the two workers share one accept queue)."""
+    busy = sorted((cpu for cpu in worker_cpu_s if cpu > 0), reverse=True)
+    total = sum(busy)
+    return f"; the workers' CPU split {' / '.join(f'{cpu / total:.0%}' for cpu in busy)}" if len(busy) > 1 else ""
 
 
 # The goals (the "Performance" issue); docs/performance.md says how each figure is measured.
@@ -1339,6 +1348,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not nginx_path:
             loud("nginx is not available: measured without it (the goals against nginx are n/a)")
             names = [n for n in names if n != "nginx"]
+    if "floor-granian" in names and importlib.util.find_spec("granian") is None:
+        loud("granian is not installed (the `load` extra: make bench installs it): measured without floor-granian")
+        names = [n for n in names if n != "floor-granian"]
 
     busy_at_start, own_at_start = machine_busy_seconds(), own_cpu_seconds(procs)
     foreign_cpu_s = 0.0
