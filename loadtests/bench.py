@@ -1220,7 +1220,7 @@ def goals_text(checks: List[Dict[str, Any]]) -> str:
 # -- the run ------------------------------------------------------------------------------------------
 
 
-def machine() -> Dict[str, Any]:
+def machine(loadavg_at_start: Sequence[str]) -> Dict[str, Any]:
     model = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1232,7 +1232,7 @@ def machine() -> Dict[str, Any]:
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
+        "loadavg_at_start": list(loadavg_at_start),
     }
 
 
@@ -1483,7 +1483,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "started_at": started_at.isoformat(),
                 "duration_s": round(elapsed, 1),
                 "command": " ".join(["loadtests/bench.py", *(argv if argv is not None else sys.argv[1:])]),
-                "machine": machine(),
+                "machine": machine(loadavg_at_start),
                 "load_generator": load.name,
                 "pinning": {"proxies": PROXY_CORE, "load_and_upstreams": LOAD_CORE} if pinned(LOAD_CORE) else None,
                 "options": {
