@@ -22,8 +22,8 @@ What runs (all on 127.0.0.1, every process stopped by pid on exit, error and Ctr
 
 Proxies run on core 0, the load generator, this script's own clients and the upstreams on core 1
 (``taskset -c``); ``gateway-2w`` on both cores (its second worker shares core 1 with the load).
-Groups (``--only``): json, sse, first-event, delay, idle, abort, workers, real. ``--streams N``:
-the largest count of idle streams held open (default 5,000; the ladder is 100, 1,000, N).
+Groups (``--only``), in the order they run: idle, json, sse, first-event, delay, abort, workers,
+real. ``--streams N``: the most idle streams held open (default 5,000; the ladder is 100, 1,000, N).
 docs/performance.md explains each measure and the goals.
 """
 
@@ -63,7 +63,7 @@ LOAD_CORE = 1
 BENCH_KEY = "bench-key-0123456789abcdef012345"  # 32 characters, sent as Authorization: Bearer
 assert len(BENCH_KEY) == 32
 
-GROUPS = ("json", "sse", "first-event", "delay", "idle", "abort", "workers", "real")
+GROUPS = ("idle", "json", "sse", "first-event", "delay", "abort", "workers", "real")  # the order they run in
 TARGETS = ("direct", "nginx", "floor", "floor-granian", "gateway")
 PROXIES = ("nginx", "floor", "floor-granian", "gateway")
 JSON_CONNECTIONS = (1, 16, 64)
