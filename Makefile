@@ -1,6 +1,6 @@
 # make demo: set up and run two demo AgentOS upstreams and the gateway in front of them on http://localhost:7777
 # make test: set up and run the test suite (deploy/tools.sh first: the deployment checks' tools)
-# make bench: the benchmark (direct, nginx, a raw ASGI floor and the gateway, in one run; docs/performance.md)
+# make bench: the benchmark (direct, nginx, a raw ASGI floor under uvicorn and under granian, and the gateway, in one run; docs/performance.md)
 # make loadtest: locust users against the demo gateway for 30 s; exits non-zero on any failure
 PYTHON ?= python3
 VENV := .venv

@@ -197,6 +197,7 @@ def _fail_config(error: Exception) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import fd_limit
     from gateway.local import LocalRegistry
     from gateway.logs import configure_logging
     from gateway.settings import ConfigError, admin_port_problem, load_settings
@@ -218,6 +219,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as error:
         return _cannot_listen("the admin listener", settings.host, settings.admin.port, error)
     settings = _with_admin_port(settings, admin.getsockname()[1])
+    configure_logging()
+    fd_limit.apply(settings.limits.max_streams, settings.limits.max_concurrent_runs)  # workers inherit it
     try:
         if args.workers > 1:
             LocalRegistry.from_config(settings.local)  # fail here, once, rather than in every worker
@@ -228,7 +231,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(settings, config_path=args.config)
     except ConfigError as error:
         return _fail_config(error)
-    configure_logging()
     _serve_gateway(app, settings, fd=args.fd, admin=admin)
     return 0
 

@@ -8,7 +8,8 @@ from sending the request to its first event:
 * AG-UI: ``POST /agui`` to the first ``data:`` line;
 * A2A: ``POST /a2a/agents/echo-agent/v1/message:stream`` to the first ``data:`` line;
 * MCP: a ``tools/call`` of ``run_agent`` in an initialized session, to its answer's first line;
-* WebSocket: a ``start-workflow`` message on an open connection, to the first frame answering it.
+* WebSocket: a ``start-workflow`` message on an open connection, to the first frame answering it;
+* and for comparison a REST run (``POST /agents/echo-agent/runs``, streamed) to its first event.
 
 Prints one line per door: the p50 of each side and their difference. Not a test: figures move
 with the machine's load; run it on a quiet machine (``.venv/bin/python loadtests/doors_latency.py``).
@@ -73,6 +74,25 @@ async def first_line(client: httpx.AsyncClient, url: str, body: Dict, headers: D
     return elapsed
 
 
+def rest(base: str) -> Callable[[httpx.AsyncClient], Awaitable[float]]:
+    """AgentOS's own streamed run, for comparison: what the gateway adds to a REST run's first event."""
+
+    async def one(client: httpx.AsyncClient) -> float:
+        started = time.perf_counter()
+        form = {"message": "what is 6 * 7", "stream": "true", "session_id": str(uuid.uuid4())}
+        async with client.stream("POST", f"{base}/agents/echo-agent/runs", data=form) as answer:
+            answer.raise_for_status()
+            elapsed = None
+            async for line in answer.aiter_lines():
+                if elapsed is None and line.startswith("data:"):
+                    elapsed = time.perf_counter() - started
+        if elapsed is None:
+            raise RuntimeError("no event")
+        return elapsed
+
+    return one
+
+
 def agui(base: str) -> Callable[[httpx.AsyncClient], Awaitable[float]]:
     async def one(client: httpx.AsyncClient) -> float:
         body = {
@@ -129,7 +149,7 @@ def websocket(base: str) -> Callable[[httpx.AsyncClient], Awaitable[float]]:
     return one
 
 
-DOORS = {"agui": agui, "a2a": a2a, "mcp": mcp, "websocket": websocket}
+DOORS = {"rest": rest, "agui": agui, "a2a": a2a, "mcp": mcp, "websocket": websocket}
 
 
 async def measure(direct: str, gateway: str, doors: List[str], rounds: int) -> List[Tuple[str, float, float]]:
@@ -140,9 +160,10 @@ async def measure(direct: str, gateway: str, doors: List[str], rounds: int) -> L
             times: Dict[str, List[float]] = {"direct": [], "gateway": []}
             for side in sides:  # warm both: connections, imports, the first run's setup
                 await sides[side](client)
-            for _ in range(rounds):
+            for _ in range(2):  # in blocks, twice each (a run's trailing work upstream must not land on the other side)
                 for side, one in sides.items():
-                    times[side].append(await one(client))
+                    for _ in range(rounds // 2):
+                        times[side].append(await one(client))
             results.append((door, statistics.median(times["direct"]), statistics.median(times["gateway"])))
     return results
 

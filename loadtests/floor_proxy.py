@@ -11,6 +11,12 @@ work costs on top of the HTTP server and client it is built on.
   client that leaves closes the upstream connection; any other answer is read whole.
 
     python loadtests/floor_proxy.py --upstream http://127.0.0.1:7790 [--port 7791 | --fd N]
+
+The same app under granian (a Rust HTTP server), the bench's second floor: the factory reads the
+upstream from ``FLOOR_UPSTREAM``::
+
+    FLOOR_UPSTREAM=http://127.0.0.1:7790 granian --interface asgi --working-dir loadtests \
+        --factory floor_proxy:app_from_env
 """
 
 from __future__ import annotations
@@ -24,12 +30,17 @@ from typing import Any, Dict, List, Optional
 
 import aiohttp
 
+from open_files import raise_soft_limit
+
+UPSTREAM_ENV = "FLOOR_UPSTREAM"
+# Every held stream holds one upstream connection: the pool must not be what caps the idle streams.
+MAX_UPSTREAM_CONNECTIONS = 16384
 FORWARDED = ("content-type", "accept")
 NOT_PASSED_BACK = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"})
 
 
 class FloorProxy:
-    def __init__(self, upstream: str, max_connections: int = 2048) -> None:
+    def __init__(self, upstream: str, max_connections: int = MAX_UPSTREAM_CONNECTIONS) -> None:
         self.upstream = upstream.rstrip("/")
         self.max_connections = max_connections
         self.session: Optional[aiohttp.ClientSession] = None
@@ -127,6 +138,15 @@ async def _client_gone(receive: Any) -> None:
         pass
 
 
+def app_from_env() -> FloorProxy:
+    """The app for a server that imports it (granian ``--factory``): the upstream from ``FLOOR_UPSTREAM``."""
+    upstream = os.environ.get(UPSTREAM_ENV)
+    if not upstream:
+        raise SystemExit(f"floor_proxy: set {UPSTREAM_ENV} to the upstream's http://host:port")
+    raise_soft_limit()
+    return FloorProxy(upstream)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     import uvicorn
 
@@ -136,6 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=7791)
     parser.add_argument("--fd", type=int, help="serve on this inherited listening socket")
     args = parser.parse_args(argv)
+    raise_soft_limit()
     listen: Dict[str, Any] = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
     # The same uvicorn defaults as `agentos-gateway serve` (uvloop and httptools when installed).
     uvicorn.run(

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qsl
 
+from open_files import raise_soft_limit
+
 CAPTURES = Path(__file__).resolve().parent / "captures"
 RUN_PLACEHOLDER = "@@RUN_ID@@"
 SESSION_PLACEHOLDER = "@@SESSION_ID@@"
@@ -470,6 +472,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--interval-ms", type=float, default=0.0, help="pause before each event after the first")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
     args = parser.parse_args(argv)
+    raise_soft_limit()  # one socket per held stream: the bench holds thousands
     sock = _socket(args.host, args.port, args.fd)
     sock.setblocking(False)
     runner = asyncio.run

@@ -1,7 +1,9 @@
 """The benchmark's pieces keep working (``make bench`` itself is too long for CI): the replay
-upstream answers as AgentOS does and counts cancels, the floor proxy forwards, the gateway
-config the bench generates is accepted by this checkout, and a one-second ``bench.py`` run with
-the Python load generator against the replay upstream writes its JSON. No timing assertions."""
+upstream answers as AgentOS does and counts cancels, the floor proxy forwards (under uvicorn, and
+under granian when the ``load`` extra is installed), the gateway config the bench generates is
+accepted by this checkout, the goals read the figures they name, and a one-second ``bench.py``
+run with the Python load generator against the replay upstream writes its JSON. No timing
+assertions."""
 
 from __future__ import annotations
 
@@ -141,9 +143,60 @@ def test_floor_proxy_forwards_json_and_streams(replay: str, tmp_path: Path) -> N
         _stop(process)
 
 
+def test_the_floor_runs_under_granian(replay: str, tmp_path: Path) -> None:
+    pytest.importorskip("granian", reason="granian comes with the load extra (make bench installs it)")
+    procs = bench.Processes(tmp_path)
+    try:
+        floor = bench.start_floor_granian(procs, replay)
+        bench.wait_http(floor.url + "/health", floor, timeout_s=30)
+        run = httpx.post(f"{floor.url}/agents/echo-agent/runs", data={"message": "hi", "stream": "false", "run_id": "g1"})
+        assert run.json()["run_id"] == "g1"
+        stream = httpx.post(f"{floor.url}/agents/echo-agent/runs", data={"message": "hi", "bench_events": "9"})
+        assert len(_frames(stream.text)) == 9
+    finally:
+        procs.stop_all()
+
+
+def test_the_idle_ladder_and_its_option() -> None:
+    assert bench.parse_args([]).idle_counts == (100, 1000, 5000)
+    assert bench.parse_args(["--quick"]).idle_counts == (100,)
+    assert bench.parse_args(["--streams", "2000"]).idle_counts == (100, 1000, 2000)
+    assert bench.parse_args(["--streams", "1000"]).idle_counts == (100, 1000)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--streams", "0"])
+
+
+def test_each_goal_reads_its_figures() -> None:
+    idle = {"1000": {"kib_per_stream": 20.0, "failed": 0},
+            "5000": {"kib_per_stream": 25.0, "failed": 0, "other_runs_p50_ms_none_open": 1.0, "other_runs_p50_ms_with_open": 1.3}}
+    results = {
+        "direct": {"first_event": {"p50_ms": 0.2}},
+        "nginx": {"json": {"16": {"rps": 10_000}}},
+        "floor": {"json": {"16": {"proxy_cpu_us_per_request": 100}, "64": {"proxy_cpu_us_per_request": 100}},
+                  "sse": {"proxy_cpu_us_per_event": 5.0}},
+        "gateway": {
+            "json": {"16": {"rps": 3_000, "proxy_cpu_us_per_request": 150}, "64": {"proxy_cpu_us_per_request": 151}},
+            "sse": {"proxy_cpu_us_per_event": 6.0}, "first_event": {"p50_ms": 0.8}, "idle": idle,
+            "workers": {"1": {"rps": 2_000}, "2": {"rps": 3_000}},
+        },
+    }  # fmt: skip
+    statuses = [(goal["status"], goal["figure"]) for goal in bench.goals(results, (100, 1000, 5000))]
+    assert statuses[:8] == [
+        ("PASS", 1.5), ("MISS", 1.51),  # CPU per request at 16 and 64 connections, against the floor
+        ("PASS", 0.3),  # throughput against nginx at 16
+        ("PASS", 1.2),  # CPU per SSE event against the floor
+        ("MISS", pytest.approx(0.6)),  # first event added over direct
+        ("PASS", 20.0),  # KiB per idle stream at 1,000
+        ("MISS", 0.25),  # 25 against 20 KiB: not linear within 20 %
+        ("MISS", pytest.approx(1.3)),  # other runs with 5,000 open
+    ]
+    assert statuses[8] == ("INFO", 1.5)  # --workers 2 over 1
+    assert {status for status, _ in statuses[9:]} == {"n/a"}  # no granian floor measured
+
+
 def test_the_generated_gateway_config_is_accepted(replay: str, tmp_path: Path) -> None:
     """Sections this checkout lacks (metrics, auth) are dropped, never the whole config refused."""
-    config = bench.gateway_config("bench-gateway", [("replay", replay)])
+    config = bench.gateway_config("bench-gateway", [("replay", replay)], streams=5000)
     dropped, reasons = bench.supported_sections(tmp_path / "gateway.yaml", config)
     assert set(dropped) <= set(bench.OPTIONAL_GATEWAY_SECTIONS)
     assert set(reasons) == set(dropped)
