@@ -36,8 +36,12 @@ $(LOAD_INSTALLED): $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/agentos-gateway demo --upstreams 2
 
+# Two pytest-xdist workers, a test file each at a time (a file's module fixtures start once):
+# most tests wait on processes, so two overlap well on two cores. PYTEST_ARGS= runs in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
+
 test: $(INSTALLED) deploy-tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Installs nginx-light and wrk from Debian when missing (root). BENCH_ARGS=--quick for a smoke run.
 bench: $(LOAD_INSTALLED)

@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("AGNO_TELEMETRY", "false")
 
-from tests.processes import Server, left_running, start_server  # noqa: E402
+from tests.processes import Server, left_running, start_server, stop_servers  # noqa: E402
 
 # Every server in the tests answers as this instance, so local and remote answers compare equal.
 INSTANCE = "test-instance"
@@ -52,8 +52,7 @@ def pool_upstreams(log_dir: Path) -> Iterator[list]:
 
     servers = start_upstreams(POOL_NAMES, log_dir)
     yield servers
-    for server in servers:
-        server.stop()
+    stop_servers(servers)
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +65,23 @@ def pool_gateway(log_dir: Path, pool_upstreams: list) -> Iterator[Server]:
     server.stop()
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Every fixture stops what it started: a server still running now leaked (it would outlive
-    the run, holding its port and memory). Stopped here, and the run fails naming it."""
+# Run first: the longest module. Under pytest-xdist (``make test``) one worker runs it while the
+# other takes the rest, instead of one worker running it alone at the end.
+RUN_FIRST = ("tests/test_soak.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in RUN_FIRST)  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_running() -> Iterator[None]:
+    """Every fixture stops what it started: a server still running after the session's other
+    fixtures are torn down leaked (it would outlive the run, holding its port and memory). It is
+    stopped here, and the run fails naming it (an error in a fixture's teardown fails a run under
+    pytest-xdist too, where a worker's exit status would not)."""
+    yield
     leaked = left_running()
     if leaked:
         names = ", ".join(f"{server.name} (pid {server.process.pid})" for server in leaked)
-        writer = session.config.get_terminal_writer()
-        writer.line()
-        writer.line(f"servers left running by the tests, now stopped: {names}", red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        pytest.fail(f"servers left running by the tests, now stopped: {names}", pytrace=False)

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import httpx
 import yaml
 
-from tests.processes import Server, start_server
+from tests.processes import Server, spawn_server, start_servers, stop_servers
 
 # Fast probes, so state changes show within a second or two.
 FAST_HEALTH = {"interval_s": 0.5, "timeout_s": 0.5, "jitter_percent": 0, "healthy_threshold": 2, "unhealthy_threshold": 2}
@@ -25,16 +25,21 @@ def start_upstreams(
 ) -> List[Server]:
     """Upstreams with in-memory storage; each with its own SQLite file in ``db_dir``; or all with
     the one SQLite file ``shared_db`` (the deployment where every upstream sees every session).
-    ``doors``: ``all`` (AG-UI, A2A, MCP besides the WebSocket) or ``stateless-mcp``."""
-    servers = []
-    for name in names:
-        args = ["upstream", "--name", name, "--doors", doors]
-        if shared_db is not None:
-            args += ["--db", f"sqlite:///{shared_db}"]
-        elif db_dir is not None:
-            args += ["--db", f"sqlite:///{db_dir / (name + '.db')}"]
-        servers.append(start_server(name, args, log_dir))
-    return servers
+    ``doors``: ``all`` (AG-UI, A2A, MCP besides the WebSocket) or ``stateless-mcp``. They start
+    together: each spends a second or more importing agno before it answers."""
+    spawned: List[Server] = []
+    try:
+        for name in names:
+            args = ["upstream", "--name", name, "--doors", doors]
+            if shared_db is not None:
+                args += ["--db", f"sqlite:///{shared_db}"]
+            elif db_dir is not None:
+                args += ["--db", f"sqlite:///{db_dir / (name + '.db')}"]
+            spawned.append(spawn_server(name, args, log_dir))
+    except BaseException:
+        stop_servers(spawned)
+        raise
+    return start_servers(spawned)
 
 
 def gateway_config(
@@ -60,9 +65,14 @@ def gateway_config(
 
 
 def start_gateway(name: str, config: Dict[str, Any], log_dir: Path, env: Optional[Dict[str, str]] = None) -> Server:
+    return spawn_gateway(name, config, log_dir, env=env).wait_ready()
+
+
+def spawn_gateway(name: str, config: Dict[str, Any], log_dir: Path, env: Optional[Dict[str, str]] = None) -> Server:
+    """``start_gateway`` without the wait (``start_servers`` waits for several together)."""
     path = log_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    return start_server(name, ["serve", "--config", str(path)], log_dir, env=env)
+    return spawn_server(name, ["serve", "--config", str(path)], log_dir, env=env)
 
 
 def answered_by(content: str) -> Tuple[str, int]:

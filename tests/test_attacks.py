@@ -142,9 +142,11 @@ async def test_clients_that_hold_streams_do_not_slow_the_others(pool_gateway) ->
             sock.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def recording(log_dir):
-    """A gateway in front of an upstream that records the path of every request it gets."""
+    """A gateway in front of an upstream that records the path of every request it gets. One for
+    the module: each test reads only what its own requests added (paths and remembered runs
+    counted from before them), and the lone upstream serves whatever its outlier state (panic)."""
     from tests.fake_upstream import FaultyUpstream
     from tests.pools import ADMIN_KEY, FAST_HEALTH, start_gateway
 

@@ -20,8 +20,8 @@ import pytest
 
 from tests.fake_upstream import FaultyUpstream
 from tests.helpers import eventually_async
-from tests.pools import ADMIN_KEY, FAST_HEALTH, gateway_config, start_gateway, start_upstreams
-from tests.processes import Server
+from tests.pools import ADMIN_KEY, FAST_HEALTH, gateway_config, spawn_gateway, start_gateway, start_upstreams
+from tests.processes import Server, start_servers, stop_servers
 
 ALL_KEY = "cross-all-key-0123456789"
 TEAM_KEY = "cross-team-key-0123456789"
@@ -45,8 +45,7 @@ def upstreams(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """Two upstreams, each with a database of its own: a session lives on one of them only."""
     servers = start_upstreams(("xe-a", "xe-b"), log_dir, db_dir=tmp_path_factory.mktemp("cross-entity"))
     yield servers
-    for server in servers:
-        server.stop()
+    stop_servers(servers)
 
 
 @pytest.fixture(scope="module")
@@ -308,11 +307,10 @@ async def recorded(log_dir: Path):
         "upstreams": [{"name": "recording", "url": upstream.url}], "health": FAST_HEALTH, "admin_key": ADMIN_KEY,
         "auth": {"keys": KEYS},
     }  # fmt: skip
-    first = await asyncio.to_thread(start_gateway, "cross-recorded-a", config, log_dir)
-    second = await asyncio.to_thread(start_gateway, "cross-recorded-b", config, log_dir)
+    spawned = [spawn_gateway("cross-recorded-a", config, log_dir), spawn_gateway("cross-recorded-b", config, log_dir)]
+    first, second = await asyncio.to_thread(start_servers, spawned)
     yield first, second, upstream
-    first.stop()
-    second.stop()
+    stop_servers([first, second])
     await upstream.close()
 
 

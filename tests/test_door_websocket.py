@@ -337,6 +337,8 @@ async def test_an_upstream_that_dies_mid_run_closes_the_connection_with_a_reason
         killed = time.perf_counter()
         closed = await _closed(ws)
         elapsed = time.perf_counter() - killed
+    # reaped, so the next test's poll() sees it dead (its sockets close before it is a zombie)
+    upstreams[home].process.wait(timeout=WAIT_S)
     print(f"upstream killed mid-run: the client's close came {elapsed * 1000:.0f} ms later")
     assert closed.rcvd is not None and closed.rcvd.code == 1014, closed
     assert f"Upstream {home} closed the connection" == closed.rcvd.reason

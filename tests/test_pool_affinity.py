@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.pools import answered_by, gateway_config, start_gateway, start_upstreams
+from tests.processes import stop_servers
 
 WEIGHTS = {"aff-a": 2.0, "aff-b": 1.0, "aff-c": 1.0}
 SESSIONS = 400  # with 200, sampling noise alone is 3.5 points of share (one sigma)
@@ -23,8 +24,7 @@ def weighted_gateway(log_dir):
     upstreams = start_upstreams(list(WEIGHTS), log_dir)
     gateway = start_gateway("affinity-gateway", gateway_config(upstreams, WEIGHTS), log_dir)
     yield gateway
-    for server in [gateway, *upstreams]:
-        server.stop()
+    stop_servers([gateway, *upstreams])
 
 
 async def _run(client: httpx.AsyncClient, url: str, body: Dict) -> httpx.Response:

@@ -8,8 +8,8 @@ import socket
 import httpx
 import pytest
 
-from tests.pools import answered_by, gateway_config, start_gateway, upstream_states
-from tests.processes import start_server
+from tests.pools import answered_by, gateway_config, spawn_gateway, start_gateway, upstream_states
+from tests.processes import start_server, start_servers, stop_servers
 
 LOCAL_AGENT = {"agents": ["gateway.demo.components:echo_agent"]}
 
@@ -54,8 +54,9 @@ def secured_upstream(log_dir):
 async def test_each_upstream_gets_its_own_key_never_the_clients(log_dir, secured_upstream) -> None:
     keyed = gateway_config([secured_upstream])
     keyed["upstreams"][0]["api_key"] = "upstream-secret"
-    gateway = start_gateway("keyed-gateway", keyed, log_dir)
-    keyless = start_gateway("keyless-gateway", gateway_config([secured_upstream]), log_dir)
+    gateway, keyless = start_servers(
+        [spawn_gateway("keyed-gateway", keyed, log_dir), spawn_gateway("keyless-gateway", gateway_config([secured_upstream]), log_dir)]
+    )
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             run = await client.post(
@@ -69,8 +70,7 @@ async def test_each_upstream_gets_its_own_key_never_the_clients(log_dir, secured
             assert refused.status_code == 503 and "keyed" in refused.json()["detail"]
         assert "upstream-secret" not in gateway.log()
     finally:
-        gateway.stop()
-        keyless.stop()
+        stop_servers([gateway, keyless])
 
 
 def _closed_port() -> int:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import eventually_async
 from tests.pools import gateway_config, start_gateway, start_upstreams
-from tests.processes import Server
+from tests.processes import Server, stop_servers
 
 NAMES = ("fam-a", "fam-b")
 KEY = "family-test-key-0123456789"
@@ -28,8 +28,7 @@ def shared_upstreams(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     shared_db = tmp_path_factory.mktemp("families") / "shared.db"
     servers = start_upstreams(NAMES, log_dir, shared_db=shared_db)
     yield servers
-    for server in servers:
-        server.stop()
+    stop_servers(servers)
 
 
 @pytest.fixture(scope="module")

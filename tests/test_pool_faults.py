@@ -17,7 +17,7 @@ from gateway.balancing import rank
 from tests.helpers import eventually, eventually_async, rss_mib
 from tests.pools import ADMIN_KEY, FAST_HEALTH, gateway_config, start_gateway, start_upstreams, upstream_states
 from tests.fake_upstream import FaultyUpstream
-from tests.processes import Server, restart
+from tests.processes import Server, restart, stop_servers
 
 SLOW_WORDS = 40  # a slow: run streams one word every 0.25 s: 10 s, far longer than these tests wait
 
@@ -71,8 +71,7 @@ def killable(log_dir):
     gateway = start_gateway("kill-gateway", config, log_dir)
     servers = {server.name: server for server in upstreams}
     yield gateway, servers
-    for server in [gateway, *servers.values()]:
-        server.stop()
+    stop_servers([gateway, *servers.values()])
 
 
 async def test_kill_9_under_load_loses_no_new_run_and_moves_only_its_sessions(killable, log_dir) -> None:
@@ -187,8 +186,7 @@ def restartable(request, log_dir):
     gateway = start_gateway(f"restart-gateway-{request.param}", config, log_dir)
     servers = {server.name: server for server in upstreams}
     yield gateway, servers, seen_down
-    for server in [gateway, *servers.values()]:  # the restarted process, not the killed one
-        server.stop()
+    stop_servers([gateway, *servers.values()])  # the restarted process, not the killed one
 
 
 async def test_a_restarted_upstream_starts_clean_and_rejoins_within_two_probes(restartable, log_dir) -> None:
@@ -236,8 +234,7 @@ def hangable(log_dir):
     for server in upstreams:
         if server.process.poll() is None:
             os.kill(server.process.pid, signal.SIGCONT)
-    for server in [gateway, *upstreams]:
-        server.stop()
+    stop_servers([gateway, *upstreams])
 
 
 async def test_a_hung_upstream_times_out_is_ejected_and_returns(hangable) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.agent_ui import AgentUI
 from tests.pools import gateway_config, start_gateway, start_upstreams
-from tests.processes import Server
+from tests.processes import Server, stop_servers
 
 NAMES = ("st-a", "st-b")
 ORACLE = "st-oracle"
@@ -95,9 +95,7 @@ def storage(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         (oracle,) = start_upstreams([ORACLE], log_dir, db_dir=db_dir)
         yield {"gateway": gateway, "oracle": oracle, "upstreams": upstreams, "db_ids": db_ids}
     finally:
-        for server in [*upstreams, gateway, oracle]:
-            if server is not None:
-                server.stop()
+        stop_servers([server for server in [*upstreams, gateway, oracle] if server is not None])
 
 
 async def _both(storage: Dict[str, Any], method: str, path: str, **kwargs: Any) -> Tuple[httpx.Response, httpx.Response]:
@@ -345,9 +343,7 @@ def in_memory(log_dir: Path) -> Iterator[Dict[str, Any]]:
                 assert run.status_code == 200, run.text
         yield {"gateway": gateway, "upstreams": upstreams}
     finally:
-        for server in [*upstreams, gateway]:
-            if server is not None:
-                server.stop()
+        stop_servers([server for server in [*upstreams, gateway] if server is not None])
 
 
 def test_agent_ui_sequence_with_in_memory_upstreams(in_memory) -> None:

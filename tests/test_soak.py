@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 
 from tests.helpers import rss_mib
-from tests.pools import ADMIN_KEY, gateway_config, start_gateway
-from tests.processes import Server, held_connections
+from tests.pools import ADMIN_KEY, gateway_config, start_gateway, start_upstreams
+from tests.processes import Server, held_connections, stop_servers
 
 TOTAL = int(os.environ.get("SOAK_RUNS", "20000"))
 WARMUP = TOTAL // 10
@@ -53,14 +53,24 @@ MIX = {
 
 
 @pytest.fixture(scope="module")
-def soak_gateway(log_dir: Path, pool_upstreams: List[Server]) -> Iterator[Server]:
+def soak_upstreams(log_dir: Path) -> Iterator[List[Server]]:
+    """Two upstreams of its own: the soak leaves thousands of sessions in their in-memory
+    databases, which no other test should find there, and no other gateway's connections to them
+    count in its figures."""
+    servers = start_upstreams(["soak-a", "soak-b"], log_dir)
+    yield servers
+    stop_servers(servers)
+
+
+@pytest.fixture(scope="module")
+def soak_gateway(log_dir: Path, soak_upstreams: List[Server]) -> Iterator[Server]:
     """Probes at the default pace (every 5 s, 2 s timeout, 3 failures): the tests' fast probes
     (every 0.5 s) would reuse every idle keep-alive connection (aiohttp hands out the oldest
     first) before the upstream's 5 s keep-alive closes it, so an idle pool would never shrink and
     connection counts would not settle; a 0.5 s probe timeout would also mark a busy upstream
     down mid-soak."""
     health = {"interval_s": 5, "timeout_s": 2, "unhealthy_threshold": 3}
-    server = start_gateway("soak-gateway", gateway_config(pool_upstreams, health=health), log_dir)
+    server = start_gateway("soak-gateway", gateway_config(soak_upstreams, health=health), log_dir)
     yield server
     server.stop()
 
@@ -207,7 +217,7 @@ def _mib(value: int) -> str:
 
 
 @pytest.mark.timeout(400)
-async def test_soak_mixed_runs_leave_no_trace(soak_gateway: Server, pool_upstreams: List[Server]) -> None:
+async def test_soak_mixed_runs_leave_no_trace(soak_gateway: Server, soak_upstreams: List[Server]) -> None:
     plan = _plan(TOTAL)
     tally = Tally(Counter(), [])
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -216,13 +226,13 @@ async def test_soak_mixed_runs_leave_no_trace(soak_gateway: Server, pool_upstrea
         warmup_s = await _drive(client, plan[:WARMUP], 0, tally)
         # The warm-up level, settled: nothing in flight any more (dropped streams finish closing)
         # and the idle keep-alive connections closed, but for the probes' own (one or two each).
-        probes = 2 * len(pool_upstreams)
+        probes = 2 * len(soak_upstreams)
         warm = await _settled(
-            client, soak_gateway, pool_upstreams, lambda f: f["connector_in_use"] == 0 and f["connector"] <= probes
+            client, soak_gateway, soak_upstreams, lambda f: f["connector_in_use"] == 0 and f["connector"] <= probes
         )
         main_s = await _drive(client, plan[WARMUP:], WARMUP, tally)
         end = await _settled(
-            client, soak_gateway, pool_upstreams,
+            client, soak_gateway, soak_upstreams,
             lambda f: f["connector_in_use"] == 0 and f["tasks"] <= warm["tasks"] and f["connector"] <= warm["connector"]
             and f["held"] <= warm["held"] and f["fds"] <= warm["fds"] + FD_SLACK,
         )  # fmt: skip
