@@ -449,7 +449,10 @@ class Pool:
         if not isinstance(catalog, dict):
             logger.warning("upstream %s: GET /config is not an object, keeping its last membership", upstream.name)
             return
-        doors = doors_of(catalog, await self._info(upstream, timeout))
+        info = await self._info(upstream, timeout)
+        doors = doors_of(catalog, info)
+        if info is None:  # no answer this time (a slow probe): its MCP door stays as it was
+            doors |= {served for served in upstream.doors if served[0] is Door.MCP}
         if doors != upstream.doors:
             logger.info("upstream %s serves the doors %s", upstream.name, sorted(f"{d.value} {p or '/'}" for d, p in doors))
             upstream.doors = doors

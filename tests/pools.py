@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -80,6 +81,20 @@ def answered_by(content: str) -> Tuple[str, int]:
     match = _INSTANCE.search(content)
     assert match, f"no instance suffix in {content!r}"
     return match["name"], int(match["history"])
+
+
+def wait_for_door(gateway: Server, door: str, names: Sequence[str], timeout_s: float = 30.0) -> None:
+    """Until the gateway's probes have seen ``door`` on every upstream of ``names`` (MCP's comes
+    from a second answer, ``/info``, which a busy upstream may not give on the first probe)."""
+    deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    while True:
+        states = httpx.get(f"{gateway.admin_url}/admin/upstreams", headers=headers, timeout=10).json()
+        serving = {state["name"] for state in states if any(d["door"] == door for d in state["doors"])}
+        if set(names) <= serving:
+            return
+        assert time.monotonic() < deadline, f"{gateway.name}: no {door} door on {sorted(set(names) - serving)} in {timeout_s:g} s"
+        time.sleep(0.1)
 
 
 async def upstream_states(gateway: Server) -> Dict[str, Dict[str, Any]]:

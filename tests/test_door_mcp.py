@@ -35,7 +35,7 @@ from gateway.doors.mcp_sessions import ENTRY_OVERHEAD_BYTES, McpSessions
 from gateway.errors import UpstreamFailure
 from gateway.retry import RequestState
 from gateway.settings import LimitSettings
-from tests.pools import answered_by, gateway_config, start_gateway, start_upstreams, upstream_states
+from tests.pools import answered_by, gateway_config, start_gateway, start_upstreams, upstream_states, wait_for_door
 from tests.processes import Server
 
 STATEFUL = ("mcp-a", "mcp-b")
@@ -99,6 +99,8 @@ def pool(log_dir: Path) -> Iterator[Pool]:
                 [("mcp-gateway", keyed), ("mcp-replica", keyed), ("mcp-sessionless", gateway_config(stateless))],
             ))  # fmt: skip
             started += gateways
+            for gateway, upstreams in zip(gateways, (STATEFUL, STATEFUL, STATELESS)):
+                wait_for_door(gateway, "mcp", upstreams)
         except BaseException:
             for server in started:
                 server.stop()

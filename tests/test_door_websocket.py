@@ -11,6 +11,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -185,6 +186,7 @@ async def test_sessions_spread_over_the_upstreams_and_each_stays_on_its_own(pool
         return first
 
     homes = await asyncio.gather(*(twice(f"ws-spread-{index}") for index in range(8)))
+    print(f"WebSocket: 8 sessions over the upstreams: {dict(sorted(Counter(homes).items()))}")
     assert set(homes) == set(NAMES), homes
 
 
