@@ -8,12 +8,11 @@ import gc
 import logging
 import signal
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, Optional
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api.body_reader import BodyReaderMiddleware
@@ -74,7 +73,7 @@ def create_app(
         finally:
             await services.close()
 
-    app = GatewayApp(
+    app = FastAPI(
         title="agentos-gateway",
         version=__version__,
         description="Runs agno agents, teams and workflows in-process or on AgentOS upstreams.",
@@ -83,15 +82,13 @@ def create_app(
         # hooks would ask the (unconfigured) providers on every request: measured at ~6 % of a run's CPU.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    # The gateway's own layers, outermost first: every answer, refusals included, gets a request
-    # id, a metric and a log line. They sit outside FastAPI's own stack (app.front), so a forwarded
-    # run (the fast path) never enters the framework.
-    layers: List[Tuple[Any, Dict[str, Any]]] = [
-        # What came in on the admin port never reaches the public stack.
-        (AdminListener, {"admin": admin_app(settings, services), "admin_port": settings.admin.port}),
-        (ObserveMiddleware, {"access_log": settings.access_log, "max_header_bytes": settings.limits.max_header_bytes}),
-        (BodyReaderMiddleware, {"max_bytes": settings.max_body_bytes, "timeout_s": settings.limits.client_body_timeout_s}),
-    ]
+    # Outermost last: every answer, refusals included, gets a request id, a metric and a log line.
+    # AgentOS's workflow WebSocket (/workflows/ws); every layer outside it passes WebSockets on.
+    app.add_middleware(
+        WebSocketDoor, directory=services.directory, forwarder=forwarder, limiter=services.limiter, keyring=services.keyring
+    )
+    app.add_middleware(FastRunPath, directory=services.directory, forwarder=forwarder, limiter=services.limiter)
+    app.add_middleware(AuthMiddleware, keyring=services.keyring, door_path=_door_path(services))
     origins = settings.allowed_origins()
     if origins:
         # As AgentOS sets it up (agno/os/utils.py, update_cors_middleware): any method and header,
@@ -100,18 +97,18 @@ def create_app(
         # the CORS headers the browser needs to show it. "*" exposes every header to requests
         # without credentials (as AgentOS); browsers read it literally for requests with them,
         # hence the gateway's own headers by name too (and MCP's session, which a browser client keeps).
-        cors = {
-            "allow_origins": origins, "allow_credentials": True, "allow_methods": ["*"], "allow_headers": ["*"],
-            "expose_headers": ["*", "x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER, "mcp-session-id"],
-        }  # fmt: skip
-        layers.append((CORSMiddleware, cors))
-    layers += [
-        (AuthMiddleware, {"keyring": services.keyring, "door_path": _door_path(services)}),
-        (FastRunPath, {"directory": services.directory, "forwarder": forwarder, "limiter": services.limiter}),
-        # AgentOS's workflow WebSocket (/workflows/ws); every layer outside it passes WebSockets on.
-        (WebSocketDoor, {"directory": services.directory, "forwarder": forwarder, "limiter": services.limiter, "keyring": services.keyring}),
-    ]
-    app.wrap(layers)
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=["*", "x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER, "mcp-session-id"],
+        )  # fmt: skip
+    app.add_middleware(
+        BodyReaderMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.limits.client_body_timeout_s
+    )
+    app.add_middleware(
+        ObserveMiddleware, access_log=settings.access_log, max_header_bytes=settings.limits.max_header_bytes
+    )
+    # The very outermost: what came in on the admin port never reaches the public stack.
+    app.add_middleware(AdminListener, admin=admin_app(settings, services), admin_port=settings.admin.port)
     app.state.services = services
     install_error_handlers(app)
 
@@ -130,32 +127,6 @@ def create_app(
     # What none of the routes above matches: the rest of AgentOS, through the route table.
     passthrough.install(app, services.directory, forwarder, services.limiter, services.storage)
     return app
-
-
-class GatewayApp(FastAPI):
-    """FastAPI with the gateway's own ASGI layers around it (``wrap``): uvicorn calls the layers,
-    and the innermost calls FastAPI's stack (its error handling, exception handlers, router) for
-    what the layers do not answer themselves. A forwarded run is answered by the fast path without
-    entering the framework's five layers, each an await and a closure per request."""
-
-    front: Optional[ASGIApp] = None
-
-    def wrap(self, layers: List[Tuple[Any, Dict[str, Any]]]) -> None:
-        app: ASGIApp = self._framework
-        for layer, options in reversed(layers):
-            app = layer(app, **options)
-        self.front = app
-
-    async def _framework(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await FastAPI.__call__(self, scope, receive, send)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        front = self.front
-        if front is None:
-            await FastAPI.__call__(self, scope, receive, send)
-            return
-        scope["app"] = self
-        await front(scope, receive, send)
 
 
 def _door_path(services: Services) -> Optional[Callable[[str], Optional[str]]]:

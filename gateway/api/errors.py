@@ -39,15 +39,6 @@ async def _client_disconnect(request: Request, error: Exception) -> Response:
     return error_response(ClientGone())
 
 
-async def _unhandled(request: Request, error: Exception) -> Response:
-    # An error no handler answers is the observe layer's (``api/observe.py`` ``error_answer``:
-    # AgentOS's JSON 500, logged once), which sits outside FastAPI's stack (``api/app.py``
-    # ``GatewayApp``). Raised on from FastAPI's ServerErrorMiddleware, which would otherwise
-    # answer it first with a plain-text 500.
-    raise error
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _handle)
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
-    app.add_exception_handler(Exception, _unhandled)
