@@ -221,7 +221,10 @@ async def test_soak_mixed_runs_leave_no_trace(soak_gateway: Server, soak_upstrea
     plan = _plan(TOTAL)
     tally = Tally(Counter(), [])
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
+    # Idle connections dropped before the gateway's own keep-alive timeout (uvicorn's 5 s) ends
+    # them: the settle below leaves them idle for seconds, and a POST on a connection the server
+    # is closing at that moment fails to write (as the gateway's own pool avoids upstream).
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2, keepalive_timeout=2.0)
     async with aiohttp.ClientSession(soak_gateway.url, timeout=timeout, connector=connector) as client:
         warmup_s = await _drive(client, plan[:WARMUP], 0, tally)
         # The warm-up level, settled: nothing in flight any more (dropped streams finish closing)
