@@ -133,10 +133,7 @@ class Forwarder:
                 await self._sweeper
 
     def forwarded_headers(self, request: Request) -> Dict[str, str]:
-        """The client's headers an upstream may see, for a request a door makes of its own."""
-        return self._forwarded_headers(request)
-
-    def _forwarded_headers(self, request: Request) -> Dict[str, str]:
+        """The client's headers an upstream may see (a door's own requests use them too)."""
         headers = request.headers
         forwarded = {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}
         forwarded["accept-encoding"] = headers.get("accept-encoding", IDENTITY)
@@ -210,7 +207,7 @@ class Forwarder:
         if not choice.order:
             return error_response(self.unavailable())
         started_at = asyncio.get_running_loop().time()
-        outgoing.headers = {**self._forwarded_headers(request), **outgoing.headers}
+        outgoing.headers = {**self.forwarded_headers(request), **outgoing.headers}
         flight = self.pool.flight()
         try:  # one watch on the client for both the answer's head and (non-stream) its body
             opened, answer = await until_disconnected(request, self._exchange(outgoing, choice, flight))
@@ -263,7 +260,7 @@ class Forwarder:
         The caller watches the client (several fetches may run at once for one request)."""
         if not choice.order:
             raise self.unavailable()
-        outgoing.headers = {**self._forwarded_headers(request), **outgoing.headers}
+        outgoing.headers = {**self.forwarded_headers(request), **outgoing.headers}
         flight = self.pool.flight()
         try:
             opened, body = await self._exchange(outgoing, choice, flight, max_bytes)

@@ -115,11 +115,7 @@ class ObserveMiddleware:
                 incoming_id = value.decode("latin-1")
             elif name == b"traceparent":
                 incoming_trace = value.decode("latin-1")
-        randomness = os.urandom(24).hex()  # one system call: request id, trace id, span id
-        request_id = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else randomness[:32]
-        state: Dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        state["traceparent"] = new_traceparent(incoming_trace, randomness)
+        state, request_id = _identified(scope, incoming_id, incoming_trace)
         status = 500
         status_sent = False
         first_byte: Optional[float] = None
@@ -164,11 +160,7 @@ class ObserveMiddleware:
                 incoming_id = value.decode("latin-1")
             elif name == b"traceparent":
                 incoming_trace = value.decode("latin-1")
-        randomness = os.urandom(24).hex()
-        request_id = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else randomness[:32]
-        state: Dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        state["traceparent"] = new_traceparent(incoming_trace, randomness)
+        state, request_id = _identified(scope, incoming_id, incoming_trace)
         status = 500  # the server's answer to a handler that fails before the handshake
         first_byte: Optional[float] = None
 
@@ -217,6 +209,17 @@ class ObserveMiddleware:
                 f'"retries":{state.get("retries", 0)},"status":{status},{_close_code(state)}'
                 f'"duration_ms":{round((ended - started) * 1000, 3)}}}\n'
             )
+
+
+def _identified(scope: Scope, incoming_id: Optional[str], incoming_trace: Optional[str]) -> Tuple[Dict[str, Any], str]:
+    """The request's state with its request id (the client's when well-formed) and traceparent;
+    one system call of randomness for the request id, trace id and span id."""
+    randomness = os.urandom(24).hex()
+    request_id = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else randomness[:32]
+    state: Dict[str, Any] = scope.setdefault("state", {})
+    state["request_id"] = request_id
+    state["traceparent"] = new_traceparent(incoming_trace, randomness)
+    return state, request_id
 
 
 def _close_code(state: Dict[str, Any]) -> str:
