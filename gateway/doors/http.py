@@ -21,6 +21,7 @@ from starlette.responses import Response
 from gateway.api.forwarding import Forwarder, query, segment
 from gateway.api.route_table import Match
 from gateway.doors.membership import DEFAULT_PREFIX, Door, DoorPath
+from gateway.doors.membership import door_path as find_door_path
 from gateway.errors import NotFound
 from gateway.pool import Upstream
 from gateway.sender import Outgoing
@@ -73,9 +74,7 @@ class Doors:
         self.handlers = handlers
 
     def door_path(self, path: str) -> Optional[DoorPath]:
-        from gateway.doors.membership import door_path
-
-        return door_path(path, self.forwarder.pool.served_doors())
+        return find_door_path(path, self.forwarder.pool.served_doors())
 
     async def answer(self, request: Request, matched: Match, door: Optional[DoorPath]) -> Response:
         handler = self.handlers.get(door.door) if door is not None else None
