@@ -96,6 +96,10 @@ class BodyTooLarge(ClientError):
     status_code = 413
 
 
+class HeadersTooLarge(ClientError):
+    status_code = 431
+
+
 class ClientGone(GatewayError):
     """The client disconnected; what it started is cancelled, and nothing is sent."""
 

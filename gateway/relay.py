@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import aiohttp
 from starlette.responses import Response
@@ -30,6 +30,8 @@ from gateway.wire.sse import EndOfRunDetector
 logger = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_SSE_RAW_HEADERS = [(name.lower().encode(), value.encode()) for name, value in SSE_HEADERS.items()]
+_SSE_NAMES = frozenset(name for name, _ in _SSE_RAW_HEADERS)
 KEEPALIVE_COMMENT = b": keepalive\n\n"
 _TIMER_SLACK_S = 0.002
 
@@ -45,7 +47,7 @@ class StreamRelay(Response):
     def __init__(
         self,
         opened: Opened,
-        headers: Mapping[str, str],
+        headers: List[Tuple[bytes, bytes]],
         *,
         error_frame: Callable[[str], bytes],
         settings: Settings,
@@ -58,9 +60,7 @@ class StreamRelay(Response):
         self.run_background = background  # a run its client's leaving does not end
         self.status_code = opened.response.status
         self.background = None
-        self.raw_headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in {**headers, **SSE_HEADERS}.items()
-        ]
+        self.raw_headers = [*(header for header in headers if header[0] not in _SSE_NAMES), *_SSE_RAW_HEADERS]
         self.error_frame = error_frame
         self.timeouts = settings.timeouts
         self.deadline = started_at + settings.timeouts.run_s

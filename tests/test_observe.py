@@ -16,7 +16,7 @@ async def test_the_access_line_is_json_for_any_path() -> None:
 
     writer = AccessLogWriter(io.StringIO())
     observer = ObserveMiddleware(route, access_log=True)
-    observer.access_log = writer
+    observer.observer.access_log = writer
     path = '/v1/agents/"quoted"\\\n\u202e/run'
     sent = []
 

@@ -67,8 +67,13 @@ class AdminListener:
         self.admin_port = admin_port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        server = scope.get("server")
-        if self.admin_port and scope["type"] in ("http", "websocket") and server is not None and server[1] == self.admin_port:
+        if scope["type"] in ("http", "websocket") and came_to_admin_port(scope, self.admin_port):
             await self.admin(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def came_to_admin_port(scope: Scope, admin_port: int) -> bool:
+    """Whether a connection was accepted on the admin port (never, with ``admin_port`` 0)."""
+    server = scope.get("server")
+    return bool(admin_port) and server is not None and server[1] == admin_port

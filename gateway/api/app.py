@@ -13,16 +13,17 @@ from typing import Any, AsyncIterator, Callable, Dict, Optional
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api.body_reader import BodyReaderMiddleware
+from gateway.api.body_reader import BodyLimits, BodyReaderMiddleware
 from gateway.api.admin_listener import AdminListener, admin_app
 from gateway.api.auth import AuthMiddleware
 from gateway.api.errors import install as install_error_handlers
 from gateway.api.fast_path import FastRunPath
 from gateway.doors.websocket import WebSocketDoor
 from gateway.api.services import Services
-from gateway.api.observe import ObserveMiddleware
+from gateway.api.observe import ObserveMiddleware, Observer
 from gateway.api import passthrough
 from gateway.api.catalog import catalog_router
 from gateway.api.runs import runs_router
@@ -32,6 +33,37 @@ from gateway.api.forwarding import AFFINITY_HEADER, UPSTREAM_HEADER
 from gateway.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
+
+
+class GatewayApp(FastAPI):
+    """The gateway's FastAPI app, with its run path (``api/fast_path.py``) ahead of the framework's
+    stack: a run request for an upstream entity is answered there, everything else goes on to
+    the stack (``stack``)."""
+
+    run_path: Optional[FastRunPath] = None
+    _below_auth: Optional[ASGIApp] = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.run_path is None:
+            await super().__call__(scope, receive, send)
+        else:
+            scope["app"] = self  # as the framework sets it
+            await self.run_path(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    def below_auth(self) -> ASGIApp:
+        """What the auth layer passes requests on to: the routes, with the layers below it. The
+        run path sends there a run it took whose body the routes are to answer."""
+        if self._below_auth is None:
+            if self.middleware_stack is None:  # built on the first request, if no lifespan came first
+                self.middleware_stack = self.build_middleware_stack()
+            layer = self.middleware_stack
+            while not isinstance(layer, AuthMiddleware):
+                layer = layer.app  # type: ignore[attr-defined]
+            self._below_auth = layer.app
+        return self._below_auth
 
 
 def create_worker_app() -> FastAPI:
@@ -73,7 +105,7 @@ def create_app(
         finally:
             await services.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="agentos-gateway",
         version=__version__,
         description="Runs agno agents, teams and workflows in-process or on AgentOS upstreams.",
@@ -87,7 +119,6 @@ def create_app(
     app.add_middleware(
         WebSocketDoor, directory=services.directory, forwarder=forwarder, limiter=services.limiter, keyring=services.keyring
     )
-    app.add_middleware(FastRunPath, directory=services.directory, forwarder=forwarder, limiter=services.limiter)
     app.add_middleware(AuthMiddleware, keyring=services.keyring, door_path=_door_path(services))
     origins = settings.allowed_origins()
     if origins:
@@ -101,14 +132,19 @@ def create_app(
             CORSMiddleware, allow_origins=origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"],
             expose_headers=["*", "x-request-id", UPSTREAM_HEADER, AFFINITY_HEADER, "mcp-session-id"],
         )  # fmt: skip
-    app.add_middleware(
-        BodyReaderMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.limits.client_body_timeout_s
-    )
-    app.add_middleware(
-        ObserveMiddleware, access_log=settings.access_log, max_header_bytes=settings.limits.max_header_bytes
-    )
+    body_limits = BodyLimits(max_bytes=settings.max_body_bytes, timeout_s=settings.limits.client_body_timeout_s)
+    app.add_middleware(BodyReaderMiddleware, limits=body_limits)
+    observer = Observer(access_log=settings.access_log)
+    max_header_bytes = settings.limits.max_header_bytes
+    app.add_middleware(ObserveMiddleware, observer=observer, max_header_bytes=max_header_bytes)
     # The very outermost: what came in on the admin port never reaches the public stack.
     app.add_middleware(AdminListener, admin=admin_app(settings, services), admin_port=settings.admin.port)
+    # Run requests for upstream entities: taken whole ahead of the whole stack, calling its layers' work.
+    app.run_path = FastRunPath(
+        app.stack, routes=app.below_auth, directory=services.directory, forwarder=forwarder, limiter=services.limiter, observer=observer,
+        keyring=services.keyring, body_limits=body_limits, max_header_bytes=max_header_bytes, cors=bool(origins),
+        admin_port=settings.admin.port,
+    )  # fmt: skip
     app.state.services = services
     install_error_handlers(app)
 

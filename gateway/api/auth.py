@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.errors import error_response
 from gateway.api.permissions import Grants
+from gateway.api.request_head import request_header
 from gateway.errors import GatewayError, RateLimited, Unauthorized
 from gateway.scopes import key_scopes
 from gateway.settings import ApiKey
@@ -95,6 +96,35 @@ class Keyring:
         key = self.keys.get(digest)
         return key if key is not None and hmac.compare_digest(key.digest, digest) else None
 
+    def check(
+        self, scope: Scope, path: str, authorization: Optional[bytes],
+        door_path: Optional[Callable[[str], Optional[str]]] = None,
+    ) -> Optional[GatewayError]:  # fmt: skip
+        """Why this request may not go on (401, 403, 429), or None: then the key's name, grants and
+        visible ids are on its state. ``authorization``: the request's header, as it came."""
+        token = bearer_token(authorization)
+        if token is None:
+            return Unauthorized("Authorization header required")
+        key = self.find(token)
+        if key is None:
+            return Unauthorized("Invalid authentication token")
+        state = scope.setdefault("state", {})
+        state["api_key"] = key.name
+        state["grants"] = key.grants  # what a door checks per message (MCP's tools: doors/mcp.py)
+        if not key.grants.admin:
+            refusal = key.grants.refusal(scope["method"], path)
+            canonical = door_path(path) if refusal is not None and door_path is not None else None
+            if canonical is not None and canonical != path:
+                refusal = key.grants.refusal(scope["method"], canonical)
+            if refusal is not None:
+                return refusal
+            state["visible"] = key.grants.visible
+        if key.bucket is not None:
+            wait_s = key.bucket.take()
+            if wait_s:
+                return RateLimited("Too many requests", retry_after_s=wait_s)
+        return None
+
 
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, keyring: Keyring, door_path: Optional[Callable[[str], Optional[str]]] = None) -> None:
@@ -109,42 +139,17 @@ class AuthMiddleware:
         if scope["type"] != "http" or not self.keyring.keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        refusal = self._check(scope, path)
+        refusal = self.keyring.check(scope, path, request_header(scope, b"authorization"), self.door_path)
         if refusal is not None:
             await error_response(refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def _check(self, scope: Scope, path: str) -> Optional[GatewayError]:
-        token = bearer_token(scope)
-        if token is None:
-            return Unauthorized("Authorization header required")
-        key = self.keyring.find(token)
-        if key is None:
-            return Unauthorized("Invalid authentication token")
-        state = scope.setdefault("state", {})
-        state["api_key"] = key.name
-        state["grants"] = key.grants  # what a door checks per message (MCP's tools: doors/mcp.py)
-        if not key.grants.admin:
-            refusal = key.grants.refusal(scope["method"], path)
-            canonical = self.door_path(path) if refusal is not None and self.door_path is not None else None
-            if canonical is not None and canonical != path:
-                refusal = key.grants.refusal(scope["method"], canonical)
-            if refusal is not None:
-                return refusal
-            state["visible"] = key.grants.visible
-        if key.bucket is not None:
-            wait_s = key.bucket.take()
-            if wait_s:
-                return RateLimited("Too many requests", retry_after_s=wait_s)
+
+def bearer_token(authorization: Optional[bytes]) -> Optional[bytes]:
+    """The key an ``Authorization`` header carries: ``Bearer <key>``, or the bare key."""
+    if authorization is None:
         return None
-
-
-def bearer_token(scope: Scope) -> Optional[bytes]:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, rest = value.partition(b" ")
-            token = rest.strip() if scheme.lower() == b"bearer" else value.strip()
-            return token or None
-    return None
-
+    scheme, _, rest = authorization.partition(b" ")
+    token = rest.strip() if scheme.lower() == b"bearer" else authorization.strip()
+    return token or None

@@ -33,20 +33,53 @@ from gateway.errors import BodyTooLarge, ClientError, IncompleteBody, RequestTim
 INCOMPLETE = "Incomplete request body: the connection ended before the body did"
 
 
-class BodyReaderMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float) -> None:
-        self.app = app
+class BodyLimits:
+    """The limits a body is read within, and the one way to read a body whole within them."""
+
+    def __init__(self, *, max_bytes: int, timeout_s: float) -> None:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.too_large = f"Request body too large: the limit is {max_bytes} bytes"
         self.too_slow = f"Request body timeout: nothing received for {timeout_s:g} s"
 
+    async def next_message(self, receive: Receive) -> Message:
+        """The next part of a body still incomplete: within ``timeout_s``, never a disconnect."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(self.too_slow) from None
+        if message["type"] == "http.disconnect":
+            raise IncompleteBody(INCOMPLETE)
+        return message
+
+    async def read_whole(self, receive: Receive) -> bytes:
+        """The whole body, or the ``ClientError`` that ends it (413, 408, 400)."""
+        chunks = []
+        received = 0
+        while True:
+            message = await self.next_message(receive)
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                raise BodyTooLarge(self.too_large)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class BodyReaderMiddleware:
+    def __init__(self, app: ASGIApp, *, limits: BodyLimits) -> None:
+        self.app = app
+        self.limits = limits
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _declared_length(scope) > self.max_bytes:
-            await error_response(BodyTooLarge(self.too_large))(scope, receive, send)
+        limits = self.limits
+        if _declared_length(scope) > limits.max_bytes:
+            await error_response(BodyTooLarge(limits.too_large))(scope, receive, send)
             return
         received = 0
         whole = False
@@ -60,17 +93,13 @@ class BodyReaderMiddleware:
             if failure is not None:
                 raise failure  # a failed body never reads as anything else
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    message = await receive()
-            except TimeoutError:
-                failure = RequestTimeout(self.too_slow)
-                raise failure from None
-            if message["type"] == "http.disconnect":
-                failure = IncompleteBody(INCOMPLETE)
-                raise failure
+                message = await limits.next_message(receive)
+            except ClientError as error:
+                failure = error
+                raise
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                failure = BodyTooLarge(self.too_large)
+            if received > limits.max_bytes:
+                failure = BodyTooLarge(limits.too_large)
                 raise failure
             whole = not message.get("more_body", False)
             return message

@@ -41,6 +41,7 @@ AFFINITY_HEADER = "x-agentos-gateway-affinity"
 # Client headers an upstream may see. Never Authorization: each upstream gets its own key (unless
 # forward_authorization). x-request-id and traceparent are the gateway's (see api/observe.py).
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-language", "tracestate")
+_FORWARDED_NAMES = {name.encode(): name for name in (*FORWARDED_REQUEST_HEADERS, "accept-encoding", "authorization")}
 # The gateway passes bodies through as they come: an upstream may compress only what the client
 # itself said it can read, else nothing (aiohttp would otherwise offer gzip and deflate).
 IDENTITY = "identity"
@@ -51,10 +52,25 @@ SWEEP_INTERVAL_S = 30.0
 # Never copied from one hop to the next (RFC 9110 §7.6.1), plus what the server sets itself.
 _NOT_FORWARDED_RESPONSE_HEADERS = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "transfer-encoding", "upgrade", "content-length", "date", "server",
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"content-length", b"date", b"server",
     }
 )  # fmt: skip
+_UPSTREAM_HEADER, _AFFINITY_HEADER = UPSTREAM_HEADER.encode(), AFFINITY_HEADER.encode()
+_AFFINITY_VALUES = {affinity: affinity.value.encode() for affinity in Affinity}
+RawHeaders = List[Tuple[bytes, bytes]]
+
+
+class PassedAnswer(Response):
+    """An upstream's whole answer as the client gets it: its headers built once, raw (Starlette's
+    ``Response`` would build them again from a mapping)."""
+
+    def __init__(self, body: bytes, status_code: int, raw_headers: RawHeaders) -> None:
+        self.body = body
+        self.status_code = status_code
+        self.background = None
+        raw_headers.append((b"content-length", str(len(body)).encode()))
+        self.raw_headers = raw_headers
 
 
 def segment(value: Union[str, bytes]) -> str:
@@ -133,16 +149,20 @@ class Forwarder:
                 await self._sweeper
 
     def forwarded_headers(self, request: Request) -> Dict[str, str]:
-        """The client's headers an upstream may see (a door's own requests use them too)."""
-        headers = request.headers
-        forwarded = {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}
-        forwarded["accept-encoding"] = headers.get("accept-encoding", IDENTITY)
+        """The client's headers an upstream may see (a door's own requests use them too): one pass
+        over the raw headers; a repeated header's first value, as Starlette's ``Headers`` reads it."""
+        forwarded: Dict[str, str] = {}
+        for name, value in request.scope["headers"]:
+            if name in _FORWARDED_NAMES and _FORWARDED_NAMES[name] not in forwarded:
+                forwarded[_FORWARDED_NAMES[name]] = value.decode("latin-1")
+        forwarded.setdefault("accept-encoding", IDENTITY)
+        if not self.settings.forward_authorization:
+            forwarded.pop("authorization", None)
         state = request.scope.get("state", {})
-        for name in ("request_id", "traceparent"):
-            if name in state:
-                forwarded[name.replace("_", "-").replace("request-id", "x-request-id")] = state[name]
-        if self.settings.forward_authorization and "authorization" in headers:
-            forwarded["authorization"] = headers["authorization"]
+        if "request_id" in state:
+            forwarded["x-request-id"] = state["request_id"]
+        if "traceparent" in state:
+            forwarded["traceparent"] = state["traceparent"]
         return forwarded
 
     # -- choosing ----------------------------------------------------------------------------------
@@ -238,7 +258,7 @@ class Forwarder:
         flight.finish(Outcome.of_status(status, _is_json(opened)))
         if run is not None and status == 200:
             metrics.record_run(*run.labels, _run_status(body))
-        return Response(body, status_code=status, headers=headers)
+        return PassedAnswer(body, status, headers)
 
     async def first_that_knows(self, request: Request, order: Sequence[str], outgoing: Outgoing) -> Response:
         """``outgoing`` to the upstreams of ``order`` one by one: the first answer that is not a
@@ -272,7 +292,8 @@ class Forwarder:
         if body is None:  # a stream where a JSON answer was expected
             opened.response.close()
             raise UpstreamFailure(opened.upstream, Outcome.SUCCESS, ANSWERED, 502, "a stream, not a JSON answer")
-        return Fetched(opened.upstream.name, status, self.answer_headers(opened, None), body)
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in self.answer_headers(opened, None)}
+        return Fetched(opened.upstream.name, status, headers, body)
 
     async def _exchange(
         self, outgoing: Outgoing, choice: Choice, flight: Flight, max_bytes: Optional[int] = None
@@ -287,17 +308,19 @@ class Forwarder:
             opened.response.close()  # the client left, or the body broke: the connection goes
             raise
 
-    def answer_headers(self, opened: Opened, affinity: Optional[Affinity]) -> Dict[str, str]:
-        headers = {
-            name: value
-            for name, value in opened.response.headers.items()
+    def answer_headers(self, opened: Opened, affinity: Optional[Affinity]) -> RawHeaders:
+        """The upstream's answer headers the client gets (raw, as an ASGI answer carries them),
+        with the gateway's own."""
+        headers = [
+            (name.lower(), value)
+            for name, value in opened.response.raw_headers
             if name.lower() not in _NOT_FORWARDED_RESPONSE_HEADERS
-        }
+        ]
         if self.settings.affinity.headers:
-            headers[UPSTREAM_HEADER] = opened.upstream.name
+            headers.append((_UPSTREAM_HEADER, opened.upstream.name.encode()))
             if affinity is not None:
                 moved = opened.tries > 1 and affinity is not Affinity.NEW
-                headers[AFFINITY_HEADER] = (Affinity.MOVED if moved else affinity).value
+                headers.append((_AFFINITY_HEADER, _AFFINITY_VALUES[Affinity.MOVED if moved else affinity]))
         return headers
 
     def _client_left(self, flight: Flight, run: Optional[RunInfo]) -> None:

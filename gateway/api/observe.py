@@ -25,13 +25,14 @@ import os
 import re
 import secrets
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
 from gateway.api.errors import error_response
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, ClientError, HeadersTooLarge
+from gateway.api.request_head import RequestHead
 from gateway.logs import AccessLogWriter
 from gateway.wire.paths import entity_path
 
@@ -69,6 +70,15 @@ def path_problem(raw: bytes) -> Optional[str]:
     return None
 
 
+def request_refusal(scope: Scope, head: RequestHead, max_header_bytes: int) -> Optional[ClientError]:
+    """What no route may see: headers over ``max_header_bytes`` (431), a path ``path_problem``
+    finds (400)."""
+    if head.size > max_header_bytes:
+        return HeadersTooLarge(f"Request headers larger than {max_header_bytes} bytes")
+    problem = path_problem(scope.get("raw_path") or scope["path"].encode())
+    return BadRequest(problem) if problem is not None else None
+
+
 def _route_labels(scope: Scope) -> Tuple[str, str]:
     """(route template, kind) of the matched route; ``unmatched`` for a 404 of the router. A
     door's route (AG-UI, A2A, MCP, the WebSocket) is labelled by its interface: its ``kind`` is
@@ -88,100 +98,72 @@ def _json_or_null(value: Optional[str]) -> str:
     return "null" if value is None else json.dumps(value)
 
 
-class ObserveMiddleware:
-    """Per-request work is kept small: labelled metric children are cached by their labels (a
-    bounded set), the log line is formatted directly and handed to a buffered writer."""
+class Answering:
+    """The ``send`` of one observed request: the answer's head gets the request id (and, where
+    CORS is on and this layer stands in for it, ``Vary: Origin``); its status and the time of its
+    first body byte are kept for the metrics and the access line."""
 
-    def __init__(
-        self, app: ASGIApp, *, access_log: bool = True, max_header_bytes: int = 1 << 30, kind: Optional[str] = None
-    ) -> None:
-        self.app = app
+    __slots__ = ("send", "id_header", "vary_origin", "status", "status_sent", "first_byte")
+
+    def __init__(self, send: Send, request_id: str, vary_origin: bool = False) -> None:
+        self.send = send
+        self.id_header = (b"x-request-id", request_id.encode())
+        self.vary_origin = vary_origin
+        self.status = 500
+        self.status_sent = False
+        self.first_byte: Optional[float] = None
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status, self.status_sent = message["status"], True
+            headers = [*message.get("headers", ()), self.id_header]
+            message["headers"] = _vary_origin(headers) if self.vary_origin else headers
+        elif self.first_byte is None and kind == "http.response.body":
+            self.first_byte = time.perf_counter()
+        await self.send(message)
+
+
+def _vary_origin(headers: List[Tuple[bytes, bytes]]) -> List[Tuple[bytes, bytes]]:
+    """``Vary`` with ``Origin`` added, as one header (as Starlette's CORS layer writes it)."""
+    varies = [value for name, value in headers if name == b"vary"]
+    kept = [header for header in headers if header[0] != b"vary"] if varies else headers
+    kept.append((b"vary", b", ".join([*varies, b"Origin"])))
+    return kept
+
+
+class Observer:
+    """Observes requests: the metric children cached by their labels (a bounded set), the log
+    line formatted directly and handed to a buffered writer. One per app, shared by the layer
+    below and the fast run path."""
+
+    def __init__(self, *, access_log: bool = True, kind: Optional[str] = None) -> None:
         self.kind = kind  # every request's ``kind`` label (the admin listener's: "admin"); None: the route's
-        self.max_header_bytes = max_header_bytes
         self.access_log = AccessLogWriter.shared() if access_log else None
         self._requests: Dict[Tuple[str, str, str, int], Any] = {}
         self._timers: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await (self._websocket if scope["type"] == "websocket" else self.app)(scope, receive, send)
-            return
+    async def observed(
+        self, scope: Scope, receive: Receive, send: Send, head: RequestHead, handler: Callable[..., Awaitable[None]],
+        *args: Any, vary_origin: bool = False,
+    ) -> None:  # fmt: skip
+        """``handler(scope, receive, answering, *args)`` with the request's id, trace context,
+        metrics and access line; an error it raises before answering is AgentOS's 500."""
         started = time.perf_counter()
-        incoming_id = incoming_trace = None
-        header_bytes = 0
-        for name, value in scope["headers"]:
-            header_bytes += len(name) + len(value) + 4
-            if name == b"x-request-id":
-                incoming_id = value.decode("latin-1")
-            elif name == b"traceparent":
-                incoming_trace = value.decode("latin-1")
-        state, request_id = _identified(scope, incoming_id, incoming_trace)
-        status = 500
-        status_sent = False
-        first_byte: Optional[float] = None
-        id_header = (b"x-request-id", request_id.encode())
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status, status_sent, first_byte
-            if message["type"] == "http.response.start":
-                status, status_sent = message["status"], True
-                message["headers"] = [*message.get("headers", []), id_header]
-            elif first_byte is None and message["type"] == "http.response.body":
-                first_byte = time.perf_counter()
-            await send(message)
-
+        state, request_id = _identified(scope, head.request_id, head.traceparent)
+        answering = Answering(send, request_id, vary_origin)
         try:
-            if header_bytes > self.max_header_bytes:  # checked here, in the one pass over the headers
-                status, body = 431, json.dumps({"detail": f"Request headers larger than {self.max_header_bytes} bytes"}).encode()
-                await _send_json(send_observed, status, body)
-            elif (problem := path_problem(scope.get("raw_path") or scope["path"].encode())) is not None:
-                await error_response(BadRequest(problem))(scope, receive, send_observed)
-            else:
-                await self.app(scope, receive, send_observed)
+            await handler(scope, receive, answering, *args)
         except Exception as error:
-            if status_sent:
+            if answering.status_sent:
                 raise  # mid-answer: nothing can be said to the client any more
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             status, body = error_answer(error)
-            await _send_json(send_observed, status, body)
+            await _send_json(answering, status, body)
         finally:
-            ended = time.perf_counter()
-            self._record(scope, state, status, started, first_byte, ended)
+            self.record(scope, state, answering.status, started, answering.first_byte, time.perf_counter())
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket connection (``doors/websocket.py``): a request id and trace context like a
-        request's, and its metric and log line once it is over. Its status is the handshake's
-        (101 when accepted, 403 when closed before, or the denial's), its first byte the first
-        message sent, and the line says how it closed (``close_code``, set by the handler)."""
-        started = time.perf_counter()
-        incoming_id = incoming_trace = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                incoming_id = value.decode("latin-1")
-            elif name == b"traceparent":
-                incoming_trace = value.decode("latin-1")
-        state, request_id = _identified(scope, incoming_id, incoming_trace)
-        status = 500  # the server's answer to a handler that fails before the handshake
-        first_byte: Optional[float] = None
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status, first_byte
-            kind = message["type"]
-            if kind in ("websocket.accept", "websocket.http.response.start"):
-                status = 101 if kind == "websocket.accept" else message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            elif kind == "websocket.close" and status == 500:
-                status = 403
-            elif kind == "websocket.send" and first_byte is None:
-                first_byte = time.perf_counter()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_observed)
-        finally:
-            self._record(scope, state, status, started, first_byte, time.perf_counter())
-
-    def _record(
+    def record(
         self, scope: Scope, state: Dict[str, Any], status: int, started: float, first_byte: Optional[float], ended: float
     ) -> None:
         route, kind = _route_labels(scope)
@@ -210,6 +192,55 @@ class ObserveMiddleware:
                 f'"duration_ms":{round((ended - started) * 1000, 3)}}}\n'
             )
 
+
+class ObserveMiddleware:
+    """Observes every request that reaches it (``Observer``), and refuses what no route may see:
+    headers over ``max_header_bytes`` (431), a path ``path_problem`` finds (400)."""
+
+    def __init__(
+        self, app: ASGIApp, *, access_log: bool = True, max_header_bytes: int = 1 << 30, kind: Optional[str] = None,
+        observer: Optional[Observer] = None,
+    ) -> None:  # fmt: skip
+        self.app = app
+        self.max_header_bytes = max_header_bytes
+        self.observer = observer if observer is not None else Observer(access_log=access_log, kind=kind)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await (self._websocket if scope["type"] == "websocket" else self.app)(scope, receive, send)
+            return
+        head = RequestHead(scope)
+        refusal = request_refusal(scope, head, self.max_header_bytes)
+        handler = self.app if refusal is None else error_response(refusal)
+        await self.observer.observed(scope, receive, send, head, handler)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket connection (``doors/websocket.py``): a request id and trace context like a
+        request's, and its metric and log line once it is over. Its status is the handshake's
+        (101 when accepted, 403 when closed before, or the denial's), its first byte the first
+        message sent, and the line says how it closed (``close_code``, set by the handler)."""
+        started = time.perf_counter()
+        head = RequestHead(scope)
+        state, request_id = _identified(scope, head.request_id, head.traceparent)
+        status = 500  # the server's answer to a handler that fails before the handshake
+        first_byte: Optional[float] = None
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, first_byte
+            kind = message["type"]
+            if kind in ("websocket.accept", "websocket.http.response.start"):
+                status = 101 if kind == "websocket.accept" else message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            elif kind == "websocket.close" and status == 500:
+                status = 403
+            elif kind == "websocket.send" and first_byte is None:
+                first_byte = time.perf_counter()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            self.observer.record(scope, state, status, started, first_byte, time.perf_counter())
 
 def _identified(scope: Scope, incoming_id: Optional[str], incoming_trace: Optional[str]) -> Tuple[Dict[str, Any], str]:
     """The request's state with its request id (the client's when well-formed) and traceparent;

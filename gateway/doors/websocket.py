@@ -55,6 +55,7 @@ import aiohttp
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.auth import Keyring, bearer_token
+from gateway.api.request_head import request_header
 from gateway.api.errors import error_response
 from gateway.api.forwarding import Forwarder, new_uuid
 from gateway.api.limits import Limiter
@@ -155,7 +156,7 @@ class _Connection:
         self.scope["route"] = ROUTE
         if (await self.receive())["type"] != "websocket.connect":  # ASGI's first message: the handshake
             return
-        token = bearer_token(self.scope)
+        token = bearer_token(request_header(self.scope, b"authorization"))
         if self.needs_key and token is not None:
             refusal = self._login(token)
             if refusal is not None:
