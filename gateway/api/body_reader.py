@@ -22,12 +22,12 @@ it: FastAPI turns any error raised while it parses a body into a 400 "error pars
 
 from __future__ import annotations
 
-import asyncio
 from typing import Optional
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.errors import error_response
+from gateway.deadline import Deadline
 from gateway.errors import BodyTooLarge, ClientError, IncompleteBody, RequestTimeout
 
 INCOMPLETE = "Incomplete request body: the connection ended before the body did"
@@ -45,7 +45,7 @@ class BodyLimits:
     async def next_message(self, receive: Receive) -> Message:
         """The next part of a body still incomplete: within ``timeout_s``, never a disconnect."""
         try:
-            async with asyncio.timeout(self.timeout_s):
+            with Deadline(self.timeout_s):
                 message = await receive()
         except TimeoutError:
             raise RequestTimeout(self.too_slow) from None

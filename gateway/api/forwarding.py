@@ -130,6 +130,7 @@ class Forwarder:
         self.pool = pool
         self.settings = settings
         self.sender = Sender(pool, settings)
+        self.affinity_mode = AffinityMode(settings.affinity.mode)
         self.run_owners = RunOwners(ttl_s=run_owner_ttl_s(settings))
         self._background: Set[asyncio.Task] = set()
         self._in_panic: Set[Tuple[str, ...]] = set()  # upstream sets now served in panic (logged once)
@@ -137,6 +138,7 @@ class Forwarder:
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = self.sender.settings = settings
+        self.affinity_mode = AffinityMode(settings.affinity.mode)
         self.run_owners.ttl_s = run_owner_ttl_s(settings)  # for runs remembered from now on
 
     def start(self) -> None:
@@ -172,7 +174,7 @@ class Forwarder:
         choice = choose(
             self.pool.candidates(upstreams),
             session_id,
-            mode=AffinityMode(affinity.mode),
+            mode=self.affinity_mode,
             session_is_new=session_is_new,
             load_factor=affinity.load_factor,
             panic_threshold_percent=self.settings.panic_threshold_percent,

@@ -19,6 +19,7 @@ A pure ASGI middleware (no per-request dependency injection): it reads what the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -88,10 +89,13 @@ def _route_labels(scope: Scope) -> Tuple[str, str]:
     if not template:
         return "unmatched", ""
     door = getattr(route, "door", "")
-    if door:
-        return template, door
+    return template, door or _kind_of_template(template)
+
+
+@functools.lru_cache(maxsize=1024)  # route templates: a bounded set
+def _kind_of_template(template: str) -> str:
     matched = entity_path(template)
-    return template, matched.kind.name.lower() if matched is not None else ""
+    return matched.kind.name.lower() if matched is not None else ""
 
 
 def _json_or_null(value: Optional[str]) -> str:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import enum
 import math
 import random
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 from gateway.balancing.hashing import rank
 
 
 class AffinityMode(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hashing, in C (Enum's is Python)
+
     HASH = "hash"
     BOUNDED = "bounded"
     STRICT = "strict"
@@ -35,14 +36,16 @@ class AffinityMode(enum.Enum):
 
 
 class Affinity(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hashing, in C (Enum's is Python)
+
     HIT = "hit"
     MOVED = "moved"
     NEW = "new"
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One upstream as the chooser sees it: a snapshot, no behaviour."""
+class Candidate(NamedTuple):
+    """One upstream as the chooser sees it: a snapshot, no behaviour (a tuple: one is made per
+    upstream per request)."""
 
     name: str
     weight: float
@@ -51,8 +54,7 @@ class Candidate:
     draining: bool = False  # taken out by an operator: never chosen, not even in panic
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     order: List[str]  # try these, in this order; empty: nothing can serve (503)
     affinity: Affinity
     panic: bool = False

@@ -48,6 +48,8 @@ class Probe(enum.Enum):
 class Outcome(enum.Enum):
     """How one forwarded request ended, as far as the upstream's health is concerned."""
 
+    __hash__ = object.__hash__  # members are singletons: identity hashing, in C (Enum's is Python)
+
     SUCCESS = "success"  # any answer below 500, in-band run errors included
     CONNECT_ERROR = "connect_error"  # refused, unreachable
     TIMEOUT = "timeout"  # connect, answer or stream silence

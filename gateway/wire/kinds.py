@@ -33,6 +33,8 @@ class KindSpec:
 
 
 class EntityKind(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hashing, in C (Enum's is Python)
+
     AGENT = KindSpec(
         "agents", "agent_id", "Agent not found", RunOutput.from_dict, run_output_event_from_dict, RunErrorEvent,
         SessionType.AGENT,
