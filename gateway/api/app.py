@@ -33,6 +33,7 @@ from gateway.api.forwarding import AFFINITY_HEADER, UPSTREAM_HEADER
 from gateway.settings import ConfigError, Settings, load_settings
 
 logger = logging.getLogger(__name__)
+YOUNG_GC_THRESHOLD = 10_000
 
 
 class GatewayApp(FastAPI):
@@ -97,6 +98,10 @@ def create_app(
         # process: kept out of the collector's full passes, which otherwise pause requests.
         gc.collect()
         gc.freeze()
+        # The young generation's threshold (700 by default) sits just above what the requests in
+        # flight hold at 16 connections, so their objects set off a collection every ~20 requests
+        # (3,050 in 12 s, 0.3 s of CPU); above it, only what outlives requests does (12 in 12 s).
+        gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
         try:
             conflicts = services.directory.conflicts() if settings.on_conflict == "error" else []
             if conflicts:

@@ -173,13 +173,14 @@ def _prepare_v1(kind: EntityKind, entity_id: str, body: bytes) -> Optional[Prepa
     return run_prep.from_v1(kind, entity_id, request)
 
 
+_JSON_OBJECT_FIELDS = frozenset(JSON_OBJECT_FIELDS)
 _WANTED_FIELDS = frozenset({"message", "stream", "background", "session_id", "run_id", *JSON_OBJECT_FIELDS})
 
 
 def _prepare_form(kind: EntityKind, entity_id: str, body: bytes, content_type: str) -> Optional[PreparedRun]:
     fields = form.last_values(body, _WANTED_FIELDS)
     stream = form.read_bool(fields.get("stream"), True)
-    if stream is None or "message" not in fields or any(name in fields for name in JSON_OBJECT_FIELDS):
+    if stream is None or "message" not in fields or not _JSON_OBJECT_FIELDS.isdisjoint(fields):
         return None  # the routes check these (fields AgentOS would fail on with a 500)
     return run_prep.from_form(
         kind, entity_id, body, content_type, session_id=fields.get("session_id") or None,

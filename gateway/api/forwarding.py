@@ -23,7 +23,7 @@ from yarl import URL
 from gateway import metrics
 from gateway.api.errors import error_response
 from gateway.balancing import Affinity, AffinityMode, Choice, Outcome, choose
-from gateway.disconnect import until_disconnected
+from gateway.disconnect import WATCH_AFTER_S, CancelOnDisconnect
 from gateway.errors import ClientGone, NoUpstream, StreamCut, UpstreamFailure
 from gateway.pool import Flight, Pool, Upstream
 from gateway.relay import StreamRelay, is_event_stream
@@ -232,7 +232,8 @@ class Forwarder:
         outgoing.headers = {**self.forwarded_headers(request), **outgoing.headers}
         flight = self.pool.flight()
         try:  # one watch on the client for both the answer's head and (non-stream) its body
-            opened, answer = await until_disconnected(request, self._exchange(outgoing, choice, flight))
+            with CancelOnDisconnect(request.receive, WATCH_AFTER_S):
+                opened, answer = await self._exchange(outgoing, choice, flight)
         except ClientGone:
             self._client_left(flight, run)
             return error_response(ClientGone())

@@ -11,7 +11,7 @@ ever sees them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Awaitable, Dict, Optional, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -94,7 +94,8 @@ def is_background(value: object) -> bool:
     return isinstance(value, str) and form.read_bool(value, False) is True
 
 
-async def forward(forwarder: Forwarder, request: Request, upstreams: Sequence[Upstream], run: PreparedRun) -> Response:
-    """Send a prepared run to the upstream its session goes to, and answer with what comes back."""
+def forward(forwarder: Forwarder, request: Request, upstreams: Sequence[Upstream], run: PreparedRun) -> Awaitable[Response]:
+    """Send a prepared run to the upstream its session goes to, and answer with what comes back
+    (the forwarder's own coroutine, awaited by the caller: one level fewer on the run path)."""
     choice = forwarder.choose(upstreams, run.session_id, session_is_new=run.session_is_new)
-    return await forwarder.forward(request, choice, run.outgoing(), run=run.info())
+    return forwarder.forward(request, choice, run.outgoing(), run=run.info())
