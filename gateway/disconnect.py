@@ -29,6 +29,8 @@ class CancelOnDisconnect:
     with ``ClientGone``. One watcher task, started at once or after ``after_s`` of work; the work
     itself runs in the caller's task."""
 
+    __slots__ = ("receive", "after_s", "gone", "watcher", "timer", "task")
+
     def __init__(self, receive: Receive, after_s: float = 0.0) -> None:
         self.receive = receive
         self.after_s = after_s

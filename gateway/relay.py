@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
 from gateway.balancing import Outcome
+from gateway.deadline import Deadline
 from gateway.disconnect import CancelOnDisconnect
 from gateway.errors import ClientGone
 from gateway.sender import Opened
@@ -73,7 +74,10 @@ class StreamRelay(Response):
         metrics.ACTIVE_STREAMS.inc()
         try:
             with CancelOnDisconnect(receive):  # the relay runs in this task; one watcher stops it
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                # A held stream keeps nothing it no longer needs: the headers are sent once.
+                headers, self.raw_headers = self.raw_headers, []
+                await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+                del headers
                 outcome = await self._relay(send)
         except ClientGone:
             pass  # a stream that had ended keeps its outcome
@@ -113,7 +117,7 @@ class StreamRelay(Response):
             while not ended:
                 wake = min(self.deadline, last_data + idle_s, last_sent + keepalive_s if keepalive_s else math.inf)
                 try:
-                    async with asyncio.timeout_at(wake):
+                    with Deadline(wake - loop.time()):
                         while True:
                             chunk = await content.readany()
                             if not chunk:
