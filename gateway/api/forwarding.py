@@ -243,11 +243,12 @@ class Forwarder:
         except BaseException:
             flight.finish()
             raise
-        request.state.upstream = opened.upstream.name
-        request.state.retries = opened.tries - 1
+        state = request.scope.setdefault("state", {})  # for the access line (api/observe.py)
+        state["upstream"] = opened.upstream.name
+        state["retries"] = opened.tries - 1
         status = opened.response.status
         if run is not None and 200 <= status < 300:
-            key = request.scope.get("state", {}).get("api_key")  # set by api/auth.py
+            key = state.get("api_key")  # set by api/auth.py
             self.run_owners.remember(run.run_id, opened.upstream.name, run.kind, run.entity_id, key)
         headers = self.answer_headers(opened, choice.affinity if with_affinity else None)
         if answer is None:
