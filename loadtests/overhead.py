@@ -1,7 +1,13 @@
-"""The CPU cost per request of the gateway's auth and of its metrics + access log, measured in
-one run: the same trivial ASGI route called in-process (no sockets, no upstream) bare, behind
-the metrics/log middleware, behind the auth middleware (a key for everything, and a key limited
-to some entities, a key with agno scopes), and behind both.
+"""The CPU cost per request of the gateway's own work, in-process (no sockets, no upstream).
+
+1. Its auth and its metrics + access log: the same trivial ASGI route called bare, behind the
+   metrics/log middleware, behind the auth middleware (a key for everything, and a key limited
+   to some entities, a key with agno scopes), and behind both.
+2. Each step of the run path (``api/fast_path.py``) alone, as a forwarded form run makes it: the
+   header pass, the ids, the key check, the form read and the run prepared, the upstream chosen,
+   the flight's bookkeeping, the run's owner remembered, the run's outcome metric, the metrics
+   and access line. Their sum is what the features cost a request; what ``make bench`` measures
+   above that and the floor is the structure that carries them (calls, coroutines, objects).
 
     .venv/bin/python loadtests/overhead.py [--requests 20000]
 """
@@ -66,6 +72,69 @@ async def cpu_per_request(app: ASGIApp, requests: int, path: str = "/v1/agents/e
     return (time.process_time() - started) / requests * 1e6
 
 
+def run_path_steps(iterations: int) -> Dict[str, float]:
+    """CPU µs per call of each step of a forwarded form run (one upstream, bounded affinity)."""
+    from gateway.api.fast_path import _prepare_form
+    from gateway.api.forwarding import Forwarder, _run_status
+    from gateway.api.observe import Observer, _identified
+    from gateway.api.request_head import RequestHead
+    from gateway.balancing import Outcome
+    from gateway.balancing.health import Probe
+    from gateway.metrics import record_run
+    from gateway.pool import Pool
+    from gateway.settings import Settings, UpstreamConfig
+    from gateway.wire.kinds import EntityKind
+
+    settings = Settings(
+        upstreams=[UpstreamConfig(name="u1", url="http://127.0.0.1:9")], affinity={"mode": "bounded"},
+        auth={"keys": [{"name": "bench", "key": KEY}]},
+    )  # fmt: skip
+    pool = Pool(settings)
+    forwarder = Forwarder(pool, settings)
+    upstreams = list(pool.upstreams.values())
+    upstreams[0].health.on_probe(Probe.OK)  # as its first probe would: usable
+    keyring = Keyring([ApiKey(name="bench", key=KEY)])
+    observer = Observer(access_log=True)
+    path = "/agents/echo-agent/runs"
+    body = b"message=what+is+6+%2A+7&stream=false&session_id=bench-s1&user_id=bench"
+    content_type = "application/x-www-form-urlencoded"
+    headers = [(b"host", b"127.0.0.1:7792"), (b"content-type", content_type.encode()),
+               (b"authorization", f"Bearer {KEY}".encode()), (b"content-length", str(len(body)).encode())]  # fmt: skip
+    answer = b'{"run_id":"r","agent_id":"echo-agent","status":"COMPLETED","content":"42"}'
+
+    def scope() -> Dict:
+        return {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "headers": headers}
+
+    def flight() -> None:
+        started = pool.flight()
+        started.on(upstreams[0])
+        started.finish(Outcome.SUCCESS)
+
+    counter = iter(range(10**9))
+    state = {"request_id": "0" * 32, "entity": "echo-agent", "upstream": "u1", "retries": 0}
+    observed = {**scope(), "route": type("Route", (), {"path_format": "/agents/{agent_id}/runs"})(), "state": state}
+    steps = {
+        "one pass over the headers": lambda: RequestHead(scope()),
+        "request id and traceparent": lambda: _identified(scope(), None, None),
+        "key check": lambda: keyring.check(scope(), path, headers[2][1]),
+        "form read, run prepared": lambda: _prepare_form(EntityKind.AGENT, "echo-agent", body, content_type),
+        "upstream chosen (bounded affinity)": lambda: forwarder.choose(upstreams, "bench-s1"),
+        "flight: in-flight gauges, outcome": flight,
+        "run owner remembered": lambda: forwarder.run_owners.remember(f"run-{next(counter)}", "u1", EntityKind.AGENT, "echo-agent", "bench"),
+        "run outcome metric": lambda: record_run("agent", "echo-agent", _run_status(answer)),
+        "metrics and access line": lambda: observer.record(observed, state, 200, 1.0, 1.001, 1.002),
+    }  # fmt: skip
+    results = {}
+    for name, step in steps.items():
+        for _ in range(500):
+            step()
+        started = time.process_time()
+        for _ in range(iterations):
+            step()
+        results[name] = (time.process_time() - started) / iterations * 1e6
+    return results
+
+
 def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
@@ -77,6 +146,11 @@ def main(argv: List[str] | None = None) -> None:
     print(f"{'variant':32} {'CPU us/request':>15} {'added us':>9}")
     for name, value in results.items():
         print(f"{name:32} {value:15.1f} {value - bare:9.1f}")
+    steps = run_path_steps(args.requests)
+    print(f"\n{'run path step':38} {'CPU us/request':>15}")
+    for name, value in steps.items():
+        print(f"{name:38} {value:15.1f}")
+    print(f"{'all of them':38} {sum(steps.values()):15.1f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The one reader of request bodies: every part of the app reads a body through it.
 
-It wraps ``receive`` for everything inside it (the fast run path, the routes) and ends a body
-that cannot be read whole with an error, never with a shorter body:
+``BodyLimits`` holds the limits and reads a body whole within them (the fast run path reads its
+runs' bodies so); ``BodyReaderMiddleware`` applies the same limits to everything inside it (the
+routes), wrapping ``receive``. A body that cannot be read whole ends with an error, never as a
+shorter body:
 
 * a declared Content-Length over ``max_body_bytes`` is refused before the app runs; a body without
   one (chunked) is counted as it arrives, and reading past the limit raises ``BodyTooLarge`` (413).

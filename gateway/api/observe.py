@@ -1,7 +1,9 @@
 """Per request: its id, its trace context, its metrics and its one access-log line.
 
-A pure ASGI middleware (no per-request dependency injection): it reads what the routes left in
-``scope["state"]`` (the entity, the upstream, the retries) once the answer is sent.
+``Observer`` does it for a request (``observed``), once per app: ``ObserveMiddleware`` for every
+request of the stack, the fast run path (``api/fast_path.py``) for the runs it takes. It reads
+what the handlers left in ``scope["state"]`` (the entity, the upstream, the retries) once the
+answer is sent; ``Answering``, the one ``send`` wrapper, adds the request id to the answer.
 
 * ``x-request-id``: the client's when it is a sane token, else a new one; returned on every answer
   and sent upstream.
