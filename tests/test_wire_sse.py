@@ -27,3 +27,19 @@ def test_the_error_frame_of_a_cut_non_run_stream_is_json() -> None:
     event, data = frame.rstrip("\n").split("\n")
     assert event == "event: error" and frame.endswith("\n\n")
     assert json.loads(data[len("data: ") :]) == {"detail": "Upstream os-a: it's \"gone\""}
+
+
+def test_only_a_whole_terminal_event_name_ends_the_run_in_any_chunking() -> None:
+    stream = (
+        b'event: RunContentCompleted\ndata: {"event":"RunContentCompleted"}\n\n'
+        b'event: WorkflowStepCompleted\ndata: {"event":"WorkflowStepCompleted"}\n\n'
+        b'event: ReasoningContentDeltaOfSomeVeryLongEventName\ndata: {}\n\n'
+        b'event: WorkflowCompleted\ndata: {"event":"WorkflowCompleted"}\n\n'
+    )
+    cut = len(stream) - len(b'event: WorkflowCompleted\ndata: {"event":"WorkflowCompleted"}\n\n')
+    for first in range(1, len(stream)):  # every place the stream can be cut in two
+        scan = EndOfRunDetector()
+        scan.feed(stream[:first])
+        assert scan.terminal is None or first > cut, first
+        scan.feed(stream[first:])
+        assert (scan.terminal, scan.frames) == ("WorkflowCompleted", 4), first

@@ -26,8 +26,9 @@ TERMINAL_EVENTS = frozenset(
         "WorkflowCompleted", "WorkflowError", "WorkflowCancelled",
     }
 )  # fmt: skip
-_TERMINAL_LINES = tuple((f"\nevent: {name}\n".encode(), name) for name in TERMINAL_EVENTS)
-_TAIL = max(len(line) for line, _ in _TERMINAL_LINES)
+_EVENT_LINE = b"\nevent: "
+_TERMINAL_NAMES = {name.encode(): name for name in TERMINAL_EVENTS}
+_TAIL = len(_EVENT_LINE) + max(len(name) for name in _TERMINAL_NAMES) + 1  # a whole terminal line
 
 
 class EndOfRunDetector:
@@ -51,10 +52,16 @@ class EndOfRunDetector:
     def feed(self, chunk: bytes) -> bool:
         self.frames += chunk.count(b"\n\n") + (self._tail[-1:] == b"\n" and chunk[:1] == b"\n")
         window = self._tail + chunk
-        if self.terminal is None and b"\nevent: " in window:
-            found = [(window.find(line), name) for line, name in _TERMINAL_LINES if line in window]
-            if found:
-                self.terminal = min(found)[1]  # the earliest: RunCancelled before its RunCompleted
+        start = window.find(_EVENT_LINE) if self.terminal is None else -1
+        while start >= 0:  # each event line in order: the earliest terminal one (RunCancelled before its RunCompleted)
+            name_at = start + len(_EVENT_LINE)
+            end = window.find(b"\n", name_at)
+            if end < 0:
+                break  # a line cut by the chunk's end: the tail keeps it for the next chunk
+            self.terminal = _TERMINAL_NAMES.get(window[name_at:end])
+            if self.terminal is not None:
+                break
+            start = window.find(_EVENT_LINE, end)
         self._tail = window[-_TAIL:]
         return self.terminal is not None
 
