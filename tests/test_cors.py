@@ -102,6 +102,22 @@ def test_the_answers_carry_the_cors_headers(cors_gateway: Server, agentos: Serve
     assert "event: RunCompleted" in through_gateway.text  # the streamed form run went through
 
 
+def test_a_run_without_an_origin_varies_on_origin_as_through_the_cors_layer(cors_gateway: Server) -> None:
+    """A run the fast path takes (no Origin) says ``Vary: Origin`` as the CORS layer writes it for
+    every other answer: a cache must not serve it to a page of another origin."""
+    with httpx.Client(timeout=30) as client:
+        data = {"message": "hello", "stream": "false"}
+        run = client.post(f"{cors_gateway.url}/agents/echo-agent/runs", data=data)
+        refused = client.post(f"{cors_gateway.url}/agents/echo-agent/runs", data={"stream": "maybe", "message": "x"})
+        listing = client.get(f"{cors_gateway.url}/sessions?type=agent")
+    for answer in (run, refused, listing):
+        varies = [value.strip() for value in answer.headers.get_list("vary") for value in value.split(",")]
+        assert "Origin" in varies, (answer.request.url, answer.headers)
+        assert "access-control-allow-origin" not in answer.headers
+    assert run.status_code == 200 and run.json()["status"] == "COMPLETED"
+    assert refused.status_code in (400, 422), refused.text
+
+
 def test_an_origin_not_allowed_gets_no_cors_headers(cors_gateway: Server, agentos: Server) -> None:
     through_gateway = preflight(cors_gateway, "POST", "/agents/echo-agent/runs", NOT_ALLOWED)
     direct = preflight(agentos, "POST", "/agents/echo-agent/runs", NOT_ALLOWED)

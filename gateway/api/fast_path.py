@@ -64,9 +64,9 @@ _ROUTE_TEMPLATES = {
 
 class FastRunPath:
     def __init__(
-        self, app: ASGIApp, *, routes: Callable[[], ASGIApp], directory: Directory, forwarder: Optional[Forwarder], limiter: Limiter,
-        observer: Observer, keyring: Keyring, body_limits: BodyLimits, max_header_bytes: int, cors: bool,
-        admin_port: int = 0,
+        self, app: ASGIApp, *, routes: Callable[[], ASGIApp], directory: Directory, forwarder: Optional[Forwarder],
+        limiter: Limiter, observer: Observer, keyring: Keyring, body_limits: BodyLimits, max_header_bytes: int,
+        cors: bool, admin_port: int = 0,
     ) -> None:  # fmt: skip
         self.app = app
         self.routes = routes  # the app below the client-facing layers (``GatewayApp.below_auth``)
