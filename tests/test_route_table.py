@@ -141,3 +141,16 @@ def test_bad_paths_get_a_400_from_the_gateway(gateway, path: str) -> None:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert _status(answer) == 400 and json.loads(body)["detail"].startswith("Invalid path"), answer
     assert b"\r\nx-request-id: " in head.lower()
+
+
+def test_the_table_names_the_routes_that_always_answer_with_a_stream() -> None:
+    """Resume, AG-UI's run and A2A's message stream stream whatever the body says; every other
+    run route streams when its ``stream`` field says so (``api/passthrough.py`` reads it)."""
+    always = sorted(route.template for route in ROUTES if route.always_streams)
+    assert always == sorted(
+        [
+            "/agui",
+            *(f"/a2a/{kind}/{{{kind[:-1]}_id}}/v1/message:stream" for kind in ("agents", "teams", "workflows")),
+            *(f"/{kind}/{{{kind[:-1]}_id}}/runs/{{run_id}}/resume" for kind in ("agents", "teams", "workflows")),
+        ]
+    )

@@ -174,13 +174,11 @@ async def _form_field(request: Request, name: str) -> Optional[str]:
     return None
 
 
-_DOOR_STREAMS = frozenset({"/agui", *(f"/a2a/{kind}/{{{kind[:-1]}_id}}/v1/message:stream" for kind in ("agents", "teams", "workflows"))})
-
-
 async def _streams(request: Request, route: Route) -> bool:
-    """Whether a route that runs answers with a stream: resume always does; a run or continue
-    when its ``stream`` form field says so (AgentOS's default: yes); a JSON body never."""
-    if route.template.endswith("/resume") or route.template in _DOOR_STREAMS:
+    """Whether a route that runs answers with a stream: one the table says always does (resume,
+    AG-UI, A2A's message stream); a run or continue when its ``stream`` form field says so
+    (AgentOS's default: yes); a JSON body never."""
+    if route.always_streams:
         return True
     if route.rule is Rule.DOOR:
         return request.method == "GET"  # MCP's server stream

@@ -102,6 +102,7 @@ class Route:
     own_handler: bool = False  # answered by a dedicated handler of api/ (runs, sessions, catalog, app)
     reason: str = ""  # why a NOT_FORWARDED route is not
     door: str = ""  # a DOOR route's door (``doors.membership.Door`` value)
+    always_streams: bool = False  # answered with a stream whatever the request says (else its ``stream`` field says)
     parameters: Tuple[str, ...] = field(init=False)
     entity: Optional[Entity] = field(init=False)
 
@@ -149,7 +150,8 @@ def _runnable(kind: str, param: str) -> List[Route]:
         _routes("GET", f"{runs}/{{run_id}}", R, **OWN),
         _routes("POST", f"{runs}/{{run_id}}/cancel", R, **OWN),
         _routes("POST", f"{runs}/{{run_id}}/continue", R, **OWN, **RUNS),
-        _routes("POST", f"{runs}/{{run_id}}/resume", R, limit=Limit.STARTS_RUN),  # replays, then follows a run
+        # replays, then follows a run
+        _routes("POST", f"{runs}/{{run_id}}/resume", R, limit=Limit.STARTS_RUN, always_streams=True),
     ]
     if kind != "workflows":
         routes += [
@@ -166,7 +168,7 @@ def _doors() -> List[Route]:
     """AG-UI, A2A and MCP at agno's default prefixes (``gateway/doors/``)."""
     door = Rule.DOOR
     routes = [
-        _routes("POST", "/agui", door, door="agui", **RUNS),  # always a stream
+        _routes("POST", "/agui", door, door="agui", always_streams=True, **RUNS),
         _routes("GET", "/status", door, door="agui"),
         # GET: the server's stream; POST: a JSON-RPC message (a tools/call runs); DELETE: the session's end
         _routes("GET POST DELETE", "/mcp", door, door="mcp", limit=Limit.HOLDS_STREAM),
@@ -176,7 +178,7 @@ def _doors() -> List[Route]:
         routes += [
             _routes("GET", f"{base}/.well-known/agent-card.json", door, door="a2a"),
             _routes("POST", f"{base}/v1/message:send", door, door="a2a", **RUNS),
-            _routes("POST", f"{base}/v1/message:stream", door, door="a2a", **RUNS),
+            _routes("POST", f"{base}/v1/message:stream", door, door="a2a", always_streams=True, **RUNS),
         ]
         if kind != "workflows":
             routes += [
