@@ -237,6 +237,8 @@ class Pool:
             # Per-request timeouts are set by the sender; none here that could cut a stream.
             timeout=self.connect_timeout,
             auto_decompress=False,  # bytes pass through as the upstream sent them
+            # Shared by every client: a cookie an answer sets is its client's alone, never kept.
+            cookie_jar=aiohttp.DummyCookieJar(),
             response_class=_NoReuseAfter5xx,
             skip_auto_headers=("User-Agent",),
         )

@@ -56,7 +56,10 @@ class FloorProxy:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
-                self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+                # As the gateway's: no cookie jar (a proxy's connections are every client's).
+                self.session = aiohttp.ClientSession(
+                    connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+                )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.session is not None:

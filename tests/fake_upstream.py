@@ -13,7 +13,8 @@ class FaultyUpstream:
     """A TCP server that looks like an AgentOS to probes (``/health``, ``/config``, ``/info``) and answers runs
     wrongly: garbage bytes for a message containing ``garbage``, an SSE stream cut after one frame
     for ``cut``, a JSON answer cut mid-body for ``short``, no answer at all for ``hold``; for
-    ``slowly`` a whole answer (SSE, or JSON for ``stream=false``) that takes ``SLOW_ANSWER_S``.
+    ``slowly`` a whole answer (SSE, or JSON for ``stream=false``) that takes ``SLOW_ANSWER_S``; for
+    ``cookie`` a fine answer that sets a cookie.
     Cancels are answered ``{}``; ``documents`` answers a GET of its paths (the raw path) with its
     JSON, and any other ``GET /sessions/...`` with a 404; every path but the probes' is recorded."""
 
@@ -69,6 +70,12 @@ class FaultyUpstream:
                     self._json(writer, b'{"os_id":"faulty","mcp":{"enabled":false,"path":null}}')
                 elif b"slowly" in body:
                     await self._slowly(writer, stream=b"stream=false" not in body)
+                elif b"cookie" in body:  # a completed run whose answer sets a cookie
+                    body = b'{"run_id":"r","status":"COMPLETED","content":"cookie"}'
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: upstream-session=secret; Path=/\r\n"
+                        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                    )
                 elif b"fine" in body:  # a completed run, and the request's headers kept for the test
                     self.seen_headers = {
                         line.split(b":", 1)[0].strip().lower().decode(): line.split(b":", 1)[1].strip().decode()

@@ -151,6 +151,27 @@ async def echoing(log_dir):
     await upstream.close()
 
 
+async def test_an_upstreams_cookie_goes_to_its_client_and_is_never_kept(log_dir) -> None:
+    """The gateway's connections to an upstream are shared by all clients: a cookie one answer
+    sets is passed to that answer's client, and never sent upstream again for anyone. (The
+    upstream by host name: aiohttp's default cookie jar keeps no cookie of an IP address.)"""
+    upstream = FaultyUpstream()
+    await upstream.start()
+    config = {"upstreams": [{"name": "named", "url": upstream.url.replace("127.0.0.1", "localhost")}], "health": FAST_HEALTH}
+    gateway = await asyncio.to_thread(start_gateway, "cookie-gateway", config, log_dir)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            setting = await client.post("/v1/agents/echo-agent/run", json={"input": "cookie"})
+            assert setting.status_code == 200 and setting.headers["set-cookie"] == "upstream-session=secret; Path=/"
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as other_client:
+            after = await other_client.post("/v1/agents/echo-agent/run", json={"input": "fine"})
+        assert after.status_code == 200
+        assert "cookie" not in upstream.seen_headers, upstream.seen_headers
+    finally:
+        gateway.stop()
+        await upstream.close()
+
+
 async def test_request_ids_trace_context_and_credentials_on_the_way_upstream(echoing) -> None:
     gateway, upstream = echoing
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
