@@ -112,6 +112,18 @@ async def test_client_keys(keyed_gateway, authorization, status, detail) -> None
         assert response.json() == {"detail": detail}
 
 
+async def test_a_repeated_authorization_counts_by_its_first_value_on_every_path(keyed_gateway) -> None:
+    """The run path ahead of the layers reads the key as the auth layer does for every other
+    route: the first Authorization header."""
+    first_good = [("authorization", f"Bearer {KEY}"), ("authorization", "Bearer wrong-key")]
+    first_bad = list(reversed(first_good))
+    async with httpx.AsyncClient(base_url=keyed_gateway.url, timeout=30) as client:
+        for headers, status in ((first_good, 200), (first_bad, 401)):
+            run = await client.post("/agents/echo-agent/runs", data={"message": "hi", "stream": "false"}, headers=headers)
+            listing = await client.get("/agents", headers=headers)
+            assert (run.status_code, listing.status_code) == (status, status), (headers, run.text, listing.text)
+
+
 async def test_keys_open_routes_scopes_rate_limits_and_secrecy(keyed_gateway) -> None:
     async with httpx.AsyncClient(base_url=keyed_gateway.url, timeout=30) as client:
         for path in ("/health", "/ready"):

@@ -29,6 +29,7 @@ from typing import Optional
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.errors import error_response
+from gateway.api.request_head import declared_length, request_header
 from gateway.deadline import Deadline
 from gateway.errors import BodyTooLarge, ClientError, IncompleteBody, RequestTimeout
 
@@ -80,7 +81,7 @@ class BodyReaderMiddleware:
             await self.app(scope, receive, send)
             return
         limits = self.limits
-        if _declared_length(scope) > limits.max_bytes:
+        if declared_length(request_header(scope, b"content-length")) > limits.max_bytes:
             await error_response(BodyTooLarge(limits.too_large))(scope, receive, send)
             return
         received = 0
@@ -124,10 +125,3 @@ class BodyReaderMiddleware:
                 raise
         if failure is not None and not (replaced or app_answering):  # went up unanswered, or swallowed
             await error_response(failure)(scope, receive, send)
-
-
-def _declared_length(scope: Scope) -> int:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else 0  # a malformed length is the HTTP server's to refuse
-    return 0

@@ -9,7 +9,9 @@ from starlette.types import Scope
 
 class RequestHead:
     """What the gateway reads of a request's headers, in one pass: their size, its request id and
-    trace context, and what the fast run path needs (``api/fast_path.py``)."""
+    trace context, and what the fast run path needs (``api/fast_path.py``). A repeated
+    Content-Type, Content-Length or Authorization counts by its first value, as ``request_header``
+    and Starlette read them; a repeated request id or traceparent by its last."""
 
     __slots__ = ("size", "request_id", "traceparent", "content_type", "content_length", "authorization", "origin")
     size: int
@@ -24,17 +26,17 @@ class RequestHead:
         size = 0
         self.request_id = self.traceparent = None
         self.authorization = None
-        self.content_type = ""
-        self.content_length = -1  # none declared (or malformed: the HTTP server's to refuse)
+        content_type: Optional[bytes] = None
+        content_length: Optional[bytes] = None
         self.origin = False
         for name, value in scope["headers"]:
             size += len(name) + len(value) + 4
             if name == b"content-type":
-                self.content_type = value.decode("latin-1")
+                content_type = value if content_type is None else content_type
             elif name == b"content-length":
-                self.content_length = int(value) if value.isdigit() else -1
+                content_length = value if content_length is None else content_length
             elif name == b"authorization":
-                self.authorization = value
+                self.authorization = value if self.authorization is None else self.authorization
             elif name == b"x-request-id":
                 self.request_id = value.decode("latin-1")
             elif name == b"traceparent":
@@ -42,6 +44,14 @@ class RequestHead:
             elif name == b"origin":
                 self.origin = True
         self.size = size
+        self.content_type = content_type.decode("latin-1") if content_type is not None else ""
+        self.content_length = declared_length(content_length)
+
+
+def declared_length(value: Optional[bytes]) -> int:
+    """A Content-Length header's length; -1 when there is none (or it is malformed: the HTTP
+    server's to refuse)."""
+    return int(value) if value is not None and value.isdigit() else -1
 
 
 def request_header(scope: Scope, name: bytes) -> Optional[bytes]:

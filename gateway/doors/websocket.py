@@ -428,9 +428,9 @@ class _Connection:
         # The request id and trace context api/observe.py gave the connection.
         headers = {header: self.state[name] for name, header in (("request_id", "x-request-id"), ("traceparent", "traceparent")) if name in self.state}
         if self.settings.forward_authorization:
-            authorization = _header(self.scope, b"authorization")
+            authorization = request_header(self.scope, b"authorization")
             if authorization:
-                headers["Authorization"] = authorization
+                headers["Authorization"] = authorization.decode("latin-1")
         else:
             headers.update(upstream.auth_headers)  # an AgentOS's security key guards its upgrade too
         limit = max(self.settings.doors.websocket_max_message_bytes, UPSTREAM_MESSAGE_FLOOR)
@@ -498,10 +498,3 @@ def _reason(reason: str) -> str:
     """A close reason within the frame's 123 bytes."""
     encoded = reason.encode()
     return reason if len(encoded) <= MAX_REASON_BYTES else encoded[:MAX_REASON_BYTES].decode(errors="ignore")
-
-
-def _header(scope: Scope, name: bytes) -> Optional[str]:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
