@@ -67,15 +67,22 @@ OUTCOME_BY_EVENT = {
 UNKNOWN_ENTITY = "unknown"
 
 
-_RUN_COUNTERS: Dict[Tuple[str, str, str], Any] = {}  # labelled children by their labels (bounded, as the labels are)
+_CHILDREN: Dict[Tuple[Any, Tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per set of labels: prometheus-client's own lookup
+    takes a lock and builds its key on every call, and the request path asks for several per
+    request. The labels are bounded (above), so this cache is too."""
+    key = (metric, labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
 
 
 def record_run(kind: str, entity: str, outcome: Optional[str]) -> None:
-    labels = (kind, entity, outcome or "UNKNOWN")
-    counter = _RUN_COUNTERS.get(labels)
-    if counter is None:
-        counter = _RUN_COUNTERS[labels] = RUNS.labels(*labels)
-    counter.inc()
+    labelled(RUNS, kind, entity, outcome or "UNKNOWN").inc()
 
 
 def scrape() -> Tuple[bytes, str]:

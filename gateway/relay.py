@@ -93,7 +93,7 @@ class StreamRelay(Response):
         if self.run_labels is None:
             return
         kind, entity = self.run_labels
-        metrics.STREAM_EVENTS.labels(kind).inc(self.scan.frames + self.cut)
+        metrics.labelled(metrics.STREAM_EVENTS, kind).inc(self.scan.frames + self.cut)
         if self.scan.terminal is not None:
             outcome = metrics.OUTCOME_BY_EVENT.get(self.scan.terminal)
         else:

@@ -98,7 +98,7 @@ async def stream_frames(
         yield format_frame(event)
     finally:  # also when the client left (the generator is closed): a cancelled run
         metrics.ACTIVE_STREAMS.dec()
-        metrics.STREAM_EVENTS.labels(noun).inc(frames)
+        metrics.labelled(metrics.STREAM_EVENTS, noun).inc(frames)
         outcome = metrics.OUTCOME_BY_EVENT.get(terminal) if terminal else None if finished else "CANCELLED"
         metrics.record_run(noun, entity_id, outcome)
 

@@ -139,15 +139,13 @@ def _vary_origin(headers: List[Tuple[bytes, bytes]]) -> List[Tuple[bytes, bytes]
 
 
 class Observer:
-    """Observes requests: the metric children cached by their labels (a bounded set), the log
-    line formatted directly and handed to a buffered writer. One per app, shared by the layer
+    """Observes requests: the metric children looked up once per set of labels
+    (``metrics.labelled``), the log line formatted directly and handed to a buffered writer. One per app, shared by the layer
     below and the fast run path."""
 
     def __init__(self, *, access_log: bool = True, kind: Optional[str] = None) -> None:
         self.kind = kind  # every request's ``kind`` label (the admin listener's: "admin"); None: the route's
         self.access_log = AccessLogWriter.shared() if access_log else None
-        self._requests: Dict[Tuple[str, str, str, int], Any] = {}
-        self._timers: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
 
     async def observed(
         self, scope: Scope, receive: Receive, send: Send, head: RequestHead, handler: Callable[..., Awaitable[None]],
@@ -175,19 +173,10 @@ class Observer:
         route, kind = _route_labels(scope)
         kind = self.kind or kind
         entity: Optional[str] = state.get("entity")
-        key = (kind, entity or metrics.UNKNOWN_ENTITY, route, status)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = self._requests[key] = metrics.REQUESTS.labels(key[0], key[1], route, str(status))
-        counter.inc()
-        timers = self._timers.get((kind, route))
-        if timers is None:
-            timers = self._timers[(kind, route)] = (
-                metrics.REQUEST_DURATION.labels(kind, route), metrics.TIME_TO_FIRST_BYTE.labels(kind, route),
-            )  # fmt: skip
-        timers[0].observe(ended - started)
+        metrics.labelled(metrics.REQUESTS, kind, entity or metrics.UNKNOWN_ENTITY, route, str(status)).inc()
+        metrics.labelled(metrics.REQUEST_DURATION, kind, route).observe(ended - started)
         if first_byte is not None:
-            timers[1].observe(first_byte - started)
+            metrics.labelled(metrics.TIME_TO_FIRST_BYTE, kind, route).observe(first_byte - started)
         if self.access_log is not None:
             # Every field but the path is a token the gateway checked or made: no escaping needed.
             self.access_log.write(
@@ -247,6 +236,7 @@ class ObserveMiddleware:
             await self.app(scope, receive, send_observed)
         finally:
             self.observer.record(scope, state, status, started, first_byte, time.perf_counter())
+
 
 def _identified(scope: Scope, incoming_id: Optional[str], incoming_trace: Optional[str]) -> Tuple[Dict[str, Any], str]:
     """The request's state with its request id (the client's when well-formed) and traceparent;
