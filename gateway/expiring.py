@@ -6,7 +6,8 @@ entry is charged what its ``cost(key, value)`` says its strings take in memory (
 overhead), and the oldest entries go first when either bound is reached. An entry expires ``ttl_s``
 after it was set, or after its last use when ``refresh_on_use`` (each use then moves it to the
 back, so the dict stays in expiry order either way); an expired entry is never answered.
-``sweep`` drops the expired ones from the front: on a timer (``sweeping``) or at each ``put``.
+``sweep`` drops the expired ones from the front: on a timer (``sweeping``), or when a
+subclass asks (the MCP record, at each ``remember``).
 """
 
 from __future__ import annotations

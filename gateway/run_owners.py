@@ -55,4 +55,3 @@ class RunOwners(ExpiringRecord[_Stored]):
         """The name of the upstream that runs ``run_id``, if remembered."""
         stored = self.get(run_id)
         return stored[0] if stored is not None else None
-

@@ -146,9 +146,9 @@ def create_app(
     app.add_middleware(AdminListener, admin=admin_app(settings, services), admin_port=settings.admin.port)
     # Run requests for upstream entities: taken whole ahead of the whole stack, calling its layers' work.
     app.run_path = FastRunPath(
-        app.stack, routes=app.below_auth, directory=services.directory, forwarder=forwarder, limiter=services.limiter, observer=observer,
-        keyring=services.keyring, body_limits=body_limits, max_header_bytes=max_header_bytes, cors=bool(origins),
-        admin_port=settings.admin.port,
+        app.stack, routes=app.below_auth, directory=services.directory, forwarder=forwarder,
+        limiter=services.limiter, observer=observer, keyring=services.keyring, body_limits=body_limits,
+        max_header_bytes=max_header_bytes, cors=bool(origins), admin_port=settings.admin.port,
     )  # fmt: skip
     app.state.services = services
     install_error_handlers(app)

@@ -47,4 +47,3 @@ class McpSessions(ExpiringRecord[str]):
         """The upstream that holds ``session_id``, if remembered and not expired; a use, which
         refreshes the entry."""
         return self.get(session_id)
-
