@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlencode
 
-from open_files import raise_soft_limit, soft_limit_of
+from open_files import hard_limit, raise_soft_limit, soft_limit_of
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADTESTS = ROOT / "loadtests"
@@ -357,21 +357,13 @@ def start_nginx(procs: Processes, nginx: str, upstream_port: int, tmp: Path) -> 
     directory.mkdir(exist_ok=True)
     port = free_port()
     conf = directory / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=directory, upstream_port=upstream_port, port=port, open_files=hard_open_files()))
+    conf.write_text(NGINX_CONF.format(tmp=directory, upstream_port=upstream_port, port=port, open_files=hard_limit()))
     child = procs.start(
         "nginx", [nginx, "-p", str(directory), "-e", "stderr", "-c", str(conf), "-g", "daemon off;"], core=PROXY_CORE
     )
     child.port = port
     child.url = f"http://127.0.0.1:{port}"
     return child
-
-
-def hard_open_files() -> int:
-    """This process's hard open-file limit (what a child may raise its soft one to)."""
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return 65536 if hard == resource.RLIM_INFINITY else hard
 
 
 def start_floor_granian(procs: Processes, upstream_url: str) -> Child:

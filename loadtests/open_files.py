@@ -25,6 +25,15 @@ def raise_soft_limit() -> int:
     return wanted
 
 
+def hard_limit() -> int:
+    """This process's hard open-file limit (what a child may raise its soft one to); 65,536 when
+    unlimited (what nginx's ``worker_rlimit_nofile`` is given)."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 65536 if hard == resource.RLIM_INFINITY else hard
+
+
 def soft_limit_of(pid: int) -> Optional[int]:
     """A running process's soft open-file limit (``/proc/<pid>/limits``); None when it cannot be read."""
     try:
